@@ -1,0 +1,1535 @@
+//! A proptest state machine: random sequences of acquire (with and without a tenant, sizes at
+//! every class boundary), writes that grow, freeze, clone, slice, drop in random order,
+//! `into_vec`, reservations, limit changes and trim run against a real pool and against a
+//! plain single-threaded model written from DESIGN.md. After every step the pool's snapshot
+//! must equal the model's prediction exactly, and at the end every live figure is 0.
+//!
+//! The model shares no code with the crate: it has its own class table, its own free-list
+//! counts and its own charge rules. It uses the crate's public names only to read figures.
+//!
+//! Memory is real, so sizes stay cheap: big slabs are allocated but only touched by writes
+//! of at most `fill_max` bytes, and `max_live_bytes` bounds how many can be outstanding.
+//! Under Miri the pool is built with `max_request_bytes` = 64 KiB and only the Small and
+//! Medium boundaries are drawn.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Once;
+
+use axon_buffer::{
+    BufferPool, BufferPoolSnapshot, PoolClass, PoolError, PooledBuf, Reservation, Tenant,
+    OVERFLOW_TENANT_ID,
+};
+use bytes::{BufMut, Bytes};
+use proptest::prelude::*;
+use proptest::sample::select;
+use proptest::test_runner::Config as ProptestConfig;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+
+// ---------------------------------------------------------------------------------------
+// The model's own class table (DESIGN.md: 4 KiB, 64 KiB, 1 MiB, 10 MiB; above: Oversize).
+// ---------------------------------------------------------------------------------------
+
+/// Capacities of the four pooled classes, smallest first. Index 4 is Oversize.
+const CLASS_CAP: [u64; 4] = [4096, 65536, 1_048_576, 10_485_760];
+const OVERSIZE: usize = 4;
+
+/// The smallest pooled class whose capacity holds `n`, else Oversize.
+fn model_class(n: u64) -> usize {
+    CLASS_CAP
+        .iter()
+        .position(|&cap| n <= cap)
+        .unwrap_or(OVERSIZE)
+}
+
+/// The crate's name for a model class index: used only to read the snapshot's maps.
+fn pool_class(i: usize) -> PoolClass {
+    [
+        PoolClass::Small,
+        PoolClass::Medium,
+        PoolClass::Large,
+        PoolClass::Huge,
+        PoolClass::Oversize,
+    ][i]
+}
+
+// ---------------------------------------------------------------------------------------
+// The pool under test: small caps, so that every cap and limit is reached.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    default_soft: u64,
+    idle_per_class: u64,
+    idle_bytes: u64,
+    max_request: u64,
+    max_live: u64,
+    t1_hard: u64,
+    t1_soft: u64,
+    /// Largest capacity a "fill to capacity" write fills (memory is real; Miri is slow).
+    fill_max: u64,
+    /// Longest write done one byte at a time through `Extend<u8>`.
+    iter_max: u64,
+}
+
+const SETUP: Setup = if cfg!(miri) {
+    Setup {
+        default_soft: 8 * KIB as u64,
+        idle_per_class: 3,
+        // One Medium and two Small slabs: the byte cap bites before the list cap.
+        idle_bytes: (64 * KIB + 2 * 4 * KIB) as u64,
+        max_request: 64 * KIB as u64,
+        max_live: 256 * KIB as u64,
+        t1_hard: 80 * KIB as u64,
+        t1_soft: 16 * KIB as u64,
+        fill_max: 64 * KIB as u64,
+        iter_max: 4200,
+    }
+} else {
+    Setup {
+        default_soft: 64 * KIB as u64,
+        idle_per_class: 3,
+        // One Huge, one Large, two Medium and three Small slabs at most together.
+        idle_bytes: (10 * MIB + MIB + 2 * 64 * KIB + 3 * 4 * KIB) as u64,
+        max_request: 40 * MIB as u64,
+        // Bounds the Huge and Oversize buffers outstanding at once (about six).
+        max_live: 64 * MIB as u64,
+        t1_hard: 2 * MIB as u64,
+        t1_soft: MIB as u64,
+        fill_max: MIB as u64,
+        iter_max: 70_000,
+    }
+};
+
+/// Tenants: "t0" (default limits), "t1" (hard limit), and an id too long to be tracked,
+/// which is charged to the overflow tenant.
+const TENANTS: usize = 3;
+
+fn tenant_arg(t: usize) -> String {
+    match t {
+        0 => "t0".to_owned(),
+        1 => "t1".to_owned(),
+        _ => "x".repeat(300),
+    }
+}
+
+fn tenant_key(t: usize) -> &'static str {
+    ["t0", "t1", OVERFLOW_TENANT_ID][t]
+}
+
+fn acquire_sizes() -> Vec<usize> {
+    let mut sizes = vec![0, 1, 4095, 4096, 4097, 65535, 65536, 65537];
+    if !cfg!(miri) {
+        sizes.extend([
+            MIB - 1,
+            MIB,
+            MIB + 1,
+            10 * MIB - 1,
+            10 * MIB,
+            10 * MIB + 1,
+            12 * MIB,
+            40 * MIB, // exactly max_request_bytes: allowed
+        ]);
+    }
+    sizes.push(SETUP.max_request as usize + 1);
+    sizes.push(usize::MAX);
+    sizes
+}
+
+/// Sizes that press on t1's hard limit.
+fn pressing_sizes() -> Vec<usize> {
+    if cfg!(miri) {
+        vec![4096, 4097, 65536]
+    } else {
+        vec![65537, MIB, MIB + 1, 10 * MIB + 1]
+    }
+}
+
+fn write_lens() -> Vec<usize> {
+    let mut lens = vec![0, 1, 100, 4095, 4096, 4097];
+    if !cfg!(miri) {
+        lens.push(65537);
+    }
+    lens
+}
+
+fn reserve_additionals() -> Vec<usize> {
+    let mut adds = vec![0, 1, 4096, 4097, 65536];
+    if !cfg!(miri) {
+        adds.extend([MIB, 10 * MIB, 12 * MIB, 30 * MIB]);
+    }
+    adds.push(SETUP.max_request as usize + 1);
+    adds.push(usize::MAX);
+    adds
+}
+
+fn reservation_sizes() -> Vec<u64> {
+    let s = SETUP;
+    vec![
+        0,
+        1,
+        4096,
+        64 * KIB as u64,
+        s.t1_hard,
+        s.t1_hard + 1,
+        s.max_live,
+        s.max_live + 1,
+        u64::MAX / 2,
+        u64::MAX,
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Operations
+// ---------------------------------------------------------------------------------------
+
+/// Which of the candidate handles (or positions) an operation picks: `self.0 % count`.
+#[derive(Debug, Clone, Copy)]
+struct Pick(usize);
+
+impl Pick {
+    fn of(self, count: usize) -> usize {
+        self.0 % count
+    }
+}
+
+fn pick_strategy() -> impl Strategy<Value = Pick> {
+    (0usize..64).prop_map(Pick)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    /// `extend_from_slice` (reserves the whole length; panics on refusal).
+    Extend,
+    /// `BufMut::put_slice` (same).
+    PutSlice,
+    /// `resize` (same).
+    Resize,
+    /// `Extend<u8>` with an exact size hint (same).
+    ExtendExact,
+    /// `io::Write::write` (returns the refusal as an `io::Error`).
+    IoWrite,
+    /// `BufMut::put` of a slice: goes through `chunk_mut` / `advance_mut`, promoting one
+    /// class at a time when the buffer is full.
+    Put,
+    /// `Extend<u8>` with no size hint: one byte at a time, promoting when full.
+    ExtendIter,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Len {
+    Fixed(usize),
+    /// Exactly up to the capacity, or one byte past it (skipped above `fill_max`).
+    ToCapacity {
+        past: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Additional {
+    Fixed(usize),
+    /// `capacity - len + 1`: one byte past the capacity.
+    PastCapacity,
+    /// `capacity - len`: exactly fits.
+    ToCapacity,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Acquire {
+        tenant: Option<usize>,
+        size: usize,
+        fallible: bool,
+        fresh_handle: bool,
+    },
+    Write {
+        target: Pick,
+        len: Len,
+        via: Via,
+    },
+    TryReserve {
+        target: Pick,
+        additional: Additional,
+        panicking: bool,
+    },
+    Freeze {
+        target: Pick,
+        via_from: bool,
+    },
+    CloneBytes {
+        target: Pick,
+    },
+    SliceBytes {
+        target: Pick,
+        a: Pick,
+        b: Pick,
+    },
+    Drop {
+        target: Pick,
+    },
+    IntoVec {
+        target: Pick,
+    },
+    Truncate {
+        target: Pick,
+        to: Pick,
+    },
+    Reserve {
+        tenant: usize,
+        bytes: u64,
+        fallible: bool,
+    },
+    SetHardLimit {
+        limit: Option<u64>,
+    },
+    SetSoftLimit {
+        tenant: usize,
+        bytes: u64,
+        via_pool: bool,
+    },
+    Trim,
+}
+
+fn via_strategy() -> impl Strategy<Value = Via> {
+    prop_oneof![
+        Just(Via::Extend),
+        Just(Via::PutSlice),
+        Just(Via::Resize),
+        Just(Via::ExtendExact),
+        Just(Via::IoWrite),
+        Just(Via::Put),
+        Just(Via::ExtendIter),
+    ]
+}
+
+fn len_strategy() -> impl Strategy<Value = Len> {
+    prop_oneof![
+        3 => select(write_lens()).prop_map(Len::Fixed),
+        2 => any::<bool>().prop_map(|past| Len::ToCapacity { past }),
+    ]
+}
+
+fn additional_strategy() -> impl Strategy<Value = Additional> {
+    prop_oneof![
+        3 => select(reserve_additionals()).prop_map(Additional::Fixed),
+        2 => Just(Additional::PastCapacity),
+        1 => Just(Additional::ToCapacity),
+    ]
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let s = SETUP;
+    prop_oneof![
+        8 => (
+            prop::option::of(0..TENANTS),
+            select(acquire_sizes()),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(tenant, size, fallible, fresh_handle)| Op::Acquire {
+                tenant,
+                size,
+                fallible,
+                fresh_handle,
+            }),
+        2 => (select(pressing_sizes()), any::<bool>()).prop_map(|(size, fallible)| {
+            Op::Acquire {
+                tenant: Some(1),
+                size,
+                fallible,
+                fresh_handle: false,
+            }
+        }),
+        5 => (pick_strategy(), len_strategy(), via_strategy())
+            .prop_map(|(target, len, via)| Op::Write { target, len, via }),
+        3 => (pick_strategy(), additional_strategy(), any::<bool>()).prop_map(
+            |(target, additional, panicking)| Op::TryReserve {
+                target,
+                additional,
+                panicking,
+            }
+        ),
+        3 => (pick_strategy(), any::<bool>())
+            .prop_map(|(target, via_from)| Op::Freeze { target, via_from }),
+        2 => pick_strategy().prop_map(|target| Op::CloneBytes { target }),
+        2 => (pick_strategy(), pick_strategy(), pick_strategy())
+            .prop_map(|(target, a, b)| Op::SliceBytes { target, a, b }),
+        7 => pick_strategy().prop_map(|target| Op::Drop { target }),
+        1 => pick_strategy().prop_map(|target| Op::IntoVec { target }),
+        1 => (pick_strategy(), pick_strategy())
+            .prop_map(|(target, to)| Op::Truncate { target, to }),
+        3 => (0..TENANTS, select(reservation_sizes()), any::<bool>()).prop_map(
+            |(tenant, bytes, fallible)| Op::Reserve {
+                tenant,
+                bytes,
+                fallible,
+            }
+        ),
+        1 => select(vec![None, Some(0), Some(64 * KIB as u64), Some(s.t1_hard)])
+            .prop_map(|limit| Op::SetHardLimit { limit }),
+        1 => (
+            0..TENANTS,
+            select(vec![0, 4096, s.default_soft, MIB as u64, u64::MAX]),
+            any::<bool>(),
+        )
+            .prop_map(|(tenant, bytes, via_pool)| Op::SetSoftLimit {
+                tenant,
+                bytes,
+                via_pool,
+            }),
+        1 => Just(Op::Trim),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// The model
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default)]
+struct TenantModel {
+    live: u64,
+    soft: u64,
+    hard: Option<u64>,
+    soft_exceeded: u64,
+    hard_refusals: u64,
+    buffers: u64,
+}
+
+/// One outstanding buffer (or frozen `Bytes` group) and what it holds.
+#[derive(Debug, Clone)]
+struct Obj {
+    class: usize,
+    cap: u64,
+    charged: u64,
+    tenant: Option<usize>,
+    /// Content as runs of one byte value.
+    runs: Vec<(u8, u64)>,
+    len: u64,
+    /// Live `Bytes` handles sharing it once frozen.
+    refs: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Model {
+    s: Setup,
+    free: [u64; 4],
+    idle_bytes: u64,
+    hits: [u64; 4],
+    misses: [u64; 4],
+    oversize: u64,
+    discarded: [u64; 5],
+    outstanding: [u64; 5],
+    too_large: u64,
+    pool_limit: u64,
+    promotions: u64,
+    live: u64,
+    reserved: u64,
+    tenants: [TenantModel; TENANTS],
+    objs: BTreeMap<u64, Obj>,
+    next_obj: u64,
+}
+
+type ObjId = u64;
+
+impl Model {
+    fn new(s: Setup) -> Model {
+        let mut tenants: [TenantModel; TENANTS] = Default::default();
+        for t in &mut tenants {
+            t.soft = s.default_soft;
+        }
+        tenants[1].hard = Some(s.t1_hard);
+        tenants[1].soft = s.t1_soft;
+        Model {
+            s,
+            free: [0; 4],
+            idle_bytes: 0,
+            hits: [0; 4],
+            misses: [0; 4],
+            oversize: 0,
+            discarded: [0; 5],
+            outstanding: [0; 5],
+            too_large: 0,
+            pool_limit: 0,
+            promotions: 0,
+            live: 0,
+            reserved: 0,
+            tenants,
+            objs: BTreeMap::new(),
+            next_obj: 0,
+        }
+    }
+
+    fn too_large(&mut self, requested: u64, max: u64) -> PoolError {
+        self.too_large += 1;
+        PoolError::TooLarge { requested, max }
+    }
+
+    /// A charge: all or nothing; tenant first (overflow, then hard limit), then the pool
+    /// (overflow, then `max_live_bytes`). Equal to a limit is allowed.
+    fn charge(&mut self, tenant: Option<usize>, bytes: u64) -> Result<(), PoolError> {
+        if let Some(t) = tenant {
+            let live = self.tenants[t].live;
+            let Some(after) = live.checked_add(bytes) else {
+                return Err(self.too_large(bytes, u64::MAX));
+            };
+            if let Some(limit) = self.tenants[t].hard {
+                if after > limit {
+                    self.tenants[t].hard_refusals += 1;
+                    return Err(PoolError::TenantHardLimit {
+                        tenant: tenant_key(t).to_owned(),
+                        requested: bytes,
+                        live,
+                        limit,
+                    });
+                }
+            }
+        }
+        let Some(after) = self.live.checked_add(bytes) else {
+            return Err(self.too_large(bytes, u64::MAX));
+        };
+        if after > self.s.max_live {
+            self.pool_limit += 1;
+            return Err(PoolError::PoolLimit {
+                requested: bytes,
+                live: self.live,
+                limit: self.s.max_live,
+            });
+        }
+        self.live = after;
+        if let Some(t) = tenant {
+            self.tenants[t].live += bytes;
+        }
+        Ok(())
+    }
+
+    /// The seed's soft-limit counting, after a charge succeeded.
+    fn count_soft(&mut self, tenant: Option<usize>) {
+        if let Some(t) = tenant {
+            let acc = &mut self.tenants[t];
+            if acc.live > acc.soft {
+                acc.soft_exceeded += 1;
+            }
+        }
+    }
+
+    fn debit(&mut self, tenant: Option<usize>, bytes: u64) {
+        self.live -= bytes;
+        if let Some(t) = tenant {
+            self.tenants[t].live -= bytes;
+        }
+    }
+
+    /// A slab for a buffer: a hit from the free list, a miss, or an Oversize allocation.
+    fn take(&mut self, class: usize) {
+        if class == OVERSIZE {
+            self.oversize += 1;
+        } else if self.free[class] > 0 {
+            self.free[class] -= 1;
+            self.idle_bytes -= CLASS_CAP[class];
+            self.hits[class] += 1;
+        } else {
+            self.misses[class] += 1;
+        }
+        self.outstanding[class] += 1;
+    }
+
+    /// A slab coming back: pooled if both caps have room, else discarded.
+    fn release(&mut self, class: usize, cap: u64) {
+        self.outstanding[class] -= 1;
+        if class == OVERSIZE
+            || cap != CLASS_CAP[class]
+            || self.idle_bytes + cap > self.s.idle_bytes
+            || self.free[class] >= self.s.idle_per_class
+        {
+            self.discarded[class] += 1;
+        } else {
+            self.free[class] += 1;
+            self.idle_bytes += cap;
+        }
+    }
+
+    fn acquire(&mut self, tenant: Option<usize>, requested: usize) -> Result<ObjId, PoolError> {
+        let n = requested as u64;
+        if n > self.s.max_request {
+            return Err(self.too_large(n, self.s.max_request));
+        }
+        let class = model_class(n);
+        let cap = if class == OVERSIZE {
+            n
+        } else {
+            CLASS_CAP[class]
+        };
+        self.charge(tenant, cap)?;
+        self.take(class);
+        self.count_soft(tenant);
+        if let Some(t) = tenant {
+            self.tenants[t].buffers += 1;
+        }
+        let id = self.next_obj;
+        self.next_obj += 1;
+        self.objs.insert(
+            id,
+            Obj {
+                class,
+                cap,
+                charged: cap,
+                tenant,
+                runs: Vec::new(),
+                len: 0,
+                refs: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    /// `try_reserve(additional)`: nothing when it fits, else promotion to the class that
+    /// fits `len + additional`; Oversize grows by at least doubling (within
+    /// `max_request_bytes`). One net charge, counted against the soft limit once.
+    fn try_reserve(&mut self, id: ObjId, additional: usize) -> Result<(), PoolError> {
+        let o = self.objs[&id].clone();
+        let needed = o.len.checked_add(additional as u64);
+        let max = self.s.max_request;
+        let needed = match needed {
+            Some(n) if n <= o.cap && n <= max => return Ok(()),
+            Some(n) if n <= max => n,
+            other => return Err(self.too_large(other.unwrap_or(u64::MAX), max)),
+        };
+        let class = model_class(needed);
+        let cap = if class == OVERSIZE {
+            o.cap.saturating_mul(2).min(max).max(needed)
+        } else {
+            CLASS_CAP[class]
+        };
+        let extra = cap - o.charged;
+        self.charge(o.tenant, extra)?;
+        if class == OVERSIZE && o.class == OVERSIZE {
+            self.oversize += 1; // grown in place: a new Oversize allocation, same buffer
+        } else {
+            self.take(class);
+            self.release(o.class, o.cap);
+        }
+        self.count_soft(o.tenant);
+        self.promotions += 1;
+        let o = self.objs.get_mut(&id).unwrap();
+        o.class = class;
+        o.cap = cap;
+        o.charged += extra;
+        Ok(())
+    }
+
+    fn append(&mut self, id: ObjId, value: u8, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let o = self.objs.get_mut(&id).unwrap();
+        match o.runs.last_mut() {
+            Some((v, len)) if *v == value => *len += n,
+            _ => o.runs.push((value, n)),
+        }
+        o.len += n;
+    }
+
+    /// Writes that reserve their whole length first (`extend_from_slice`, `put_slice`,
+    /// `resize`, `io::Write`, `Extend` with an exact hint).
+    fn write_all(&mut self, id: ObjId, value: u8, n: usize) -> Result<(), PoolError> {
+        self.try_reserve(id, n)?;
+        self.append(id, value, n as u64);
+        Ok(())
+    }
+
+    /// `BufMut::put` / `Extend<u8>` without a size hint: fill the spare capacity, and when
+    /// full, reserve one more byte (a promotion to the class that fits `len + 1`).
+    fn write_chunked(&mut self, id: ObjId, value: u8, n: usize) -> Result<(), PoolError> {
+        let mut rest = n as u64;
+        while rest > 0 {
+            let (len, cap) = (self.objs[&id].len, self.objs[&id].cap);
+            if len == cap {
+                self.try_reserve(id, 1)?;
+            }
+            let (len, cap) = (self.objs[&id].len, self.objs[&id].cap);
+            let chunk = (cap - len).min(self.s.max_request - len).min(rest);
+            self.append(id, value, chunk);
+            rest -= chunk;
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, id: ObjId, to: u64) {
+        let o = self.objs.get_mut(&id).unwrap();
+        let mut kept = 0;
+        let mut runs = Vec::new();
+        for &(v, n) in &o.runs {
+            if kept == to {
+                break;
+            }
+            let take = n.min(to - kept);
+            runs.push((v, take));
+            kept += take;
+        }
+        o.runs = runs;
+        o.len = o.len.min(to);
+    }
+
+    /// The last owner of a buffer dropped.
+    fn drop_obj(&mut self, id: ObjId) {
+        let o = self.objs.remove(&id).unwrap();
+        self.release(o.class, o.cap);
+        self.debit(o.tenant, o.charged);
+        if let Some(t) = o.tenant {
+            self.tenants[t].buffers -= 1;
+        }
+    }
+
+    /// `into_vec`: the slab leaves the pool; the charge is debited now.
+    fn detach(&mut self, id: ObjId) -> Obj {
+        let o = self.objs.remove(&id).unwrap();
+        self.outstanding[o.class] -= 1;
+        self.debit(o.tenant, o.charged);
+        if let Some(t) = o.tenant {
+            self.tenants[t].buffers -= 1;
+        }
+        o
+    }
+
+    fn reserve(&mut self, t: usize, bytes: u64) -> Result<(), PoolError> {
+        self.charge(Some(t), bytes)?;
+        self.count_soft(Some(t));
+        self.reserved += bytes;
+        Ok(())
+    }
+
+    fn unreserve(&mut self, t: usize, bytes: u64) {
+        self.debit(Some(t), bytes);
+        self.reserved -= bytes;
+    }
+
+    fn trim(&mut self) -> u64 {
+        self.free = [0; 4];
+        std::mem::take(&mut self.idle_bytes)
+    }
+
+    fn figures(&self) -> Figures {
+        let four = |a: &[u64; 4]| *a;
+        Figures {
+            hits: four(&self.hits),
+            misses: four(&self.misses),
+            idle_slabs: self.free,
+            idle_bytes: self.idle_bytes,
+            oversize_allocations: self.oversize,
+            live_bytes: self.live,
+            reserved_bytes: self.reserved,
+            discarded: self.discarded,
+            outstanding: self.outstanding,
+            too_large: self.too_large,
+            pool_limit_refusals: self.pool_limit,
+            alloc_failures: 0,
+            promotions: self.promotions,
+            tenants: (0..TENANTS)
+                .map(|t| {
+                    let a = &self.tenants[t];
+                    (
+                        tenant_key(t).to_owned(),
+                        TenantFigures {
+                            live: a.live,
+                            soft_exceeded: a.soft_exceeded,
+                            hard_refusals: a.hard_refusals,
+                            buffers: a.buffers,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Every figure compared after each step, read from the model or from a snapshot.
+#[derive(Debug, PartialEq, Eq)]
+struct Figures {
+    hits: [u64; 4],
+    misses: [u64; 4],
+    idle_slabs: [u64; 4],
+    idle_bytes: u64,
+    oversize_allocations: u64,
+    live_bytes: u64,
+    reserved_bytes: u64,
+    discarded: [u64; 5],
+    outstanding: [u64; 5],
+    too_large: u64,
+    pool_limit_refusals: u64,
+    alloc_failures: u64,
+    promotions: u64,
+    tenants: BTreeMap<String, TenantFigures>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct TenantFigures {
+    live: u64,
+    soft_exceeded: u64,
+    hard_refusals: u64,
+    buffers: u64,
+}
+
+fn per_class<const N: usize>(map: &HashMap<PoolClass, u64>, what: &str) -> [u64; N] {
+    assert_eq!(
+        map.len(),
+        N,
+        "{what}: expected exactly {N} class keys: {map:?}"
+    );
+    std::array::from_fn(|i| map[&pool_class(i)])
+}
+
+fn figures_of(snap: &BufferPoolSnapshot) -> Figures {
+    let ids: Vec<&String> = snap.tenant_live_bytes.keys().collect();
+    for (name, map) in [
+        ("soft", &snap.tenant_soft_limit_exceeded_total),
+        ("hard", &snap.hard_limit_refusals_total),
+        ("buffers", &snap.tenant_outstanding_buffers),
+    ] {
+        let mut keys: Vec<&String> = map.keys().collect();
+        let mut want = ids.clone();
+        keys.sort();
+        want.sort();
+        assert_eq!(
+            keys, want,
+            "tenant keys of {name} differ from tenant_live_bytes"
+        );
+    }
+    Figures {
+        hits: per_class(&snap.pool_hits, "pool_hits"),
+        misses: per_class(&snap.pool_misses, "pool_misses"),
+        idle_slabs: per_class(&snap.idle_slabs, "idle_slabs"),
+        idle_bytes: snap.idle_bytes,
+        oversize_allocations: snap.oversize_allocations_total,
+        live_bytes: snap.live_bytes,
+        reserved_bytes: snap.reserved_bytes,
+        discarded: per_class(&snap.discarded_total, "discarded_total"),
+        outstanding: per_class(&snap.outstanding_buffers, "outstanding_buffers"),
+        too_large: snap.too_large_total,
+        pool_limit_refusals: snap.pool_limit_refusals_total,
+        alloc_failures: snap.alloc_failures_total,
+        promotions: snap.promotions_total,
+        tenants: snap
+            .tenant_live_bytes
+            .iter()
+            .map(|(id, &live)| {
+                (
+                    id.clone(),
+                    TenantFigures {
+                        live,
+                        soft_exceeded: snap.tenant_soft_limit_exceeded_total[id],
+                        hard_refusals: snap.hard_limit_refusals_total[id],
+                        buffers: snap.tenant_outstanding_buffers[id],
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The real side
+// ---------------------------------------------------------------------------------------
+
+enum Handle {
+    Buf {
+        buf: PooledBuf,
+        obj: ObjId,
+    },
+    /// A frozen buffer, a clone or a slice; `obj` is `None` for an empty slice, which
+    /// `bytes` makes without referring to the owner.
+    Bytes {
+        bytes: Bytes,
+        obj: Option<ObjId>,
+        start: u64,
+    },
+    Res {
+        res: Reservation,
+        tenant: usize,
+    },
+}
+
+/// Asserts that `actual` equals the model's runs from byte `start` on, by `memcmp` against
+/// a stack pattern (cheap in debug builds and under Miri).
+fn assert_content(actual: &[u8], runs: &[(u8, u64)], start: u64, ctx: &str) {
+    let end = start + actual.len() as u64;
+    let mut pos = 0u64; // position of the current run in the model's content
+    for &(value, n) in runs {
+        let (lo, hi) = (pos.max(start), (pos + n).min(end));
+        if lo < hi {
+            let pattern = [value; 4096];
+            let part = &actual[(lo - start) as usize..(hi - start) as usize];
+            for chunk in part.chunks(pattern.len()) {
+                assert!(
+                    chunk == &pattern[..chunk.len()],
+                    "{ctx}: content differs from the model in run of {value} at {pos}"
+                );
+            }
+        }
+        pos += n;
+    }
+    assert!(pos >= end, "{ctx}: {} bytes, model has {pos}", actual.len());
+}
+
+fn assert_buf(buf: &PooledBuf, o: &Obj, ctx: &str) {
+    assert_eq!(buf.class(), pool_class(o.class), "{ctx}: class");
+    assert_eq!(buf.capacity() as u64, o.cap, "{ctx}: capacity");
+    assert_eq!(buf.len() as u64, o.len, "{ctx}: len");
+    assert_eq!(buf.tenant(), o.tenant.map(tenant_key), "{ctx}: tenant");
+}
+
+thread_local! {
+    /// Set while a panic is expected, so the panic hook stays quiet.
+    static EXPECTING_PANIC: Cell<bool> = const { Cell::new(false) };
+}
+
+fn install_quiet_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !EXPECTING_PANIC.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs `f`, which must panic with a message that names `try_form` and carries `err`.
+fn expect_panic<R>(f: impl FnOnce() -> R, err: &PoolError, try_form: &str, ctx: &str) {
+    EXPECTING_PANIC.with(|e| e.set(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    EXPECTING_PANIC.with(|e| e.set(false));
+    let Err(payload) = result else {
+        panic!("{ctx}: expected a panic naming {try_form} ({err})");
+    };
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default();
+    assert!(
+        message.contains(try_form) && message.contains(&err.to_string()),
+        "{ctx}: panic message {message:?} should name {try_form} and say {err}"
+    );
+}
+
+fn io_pool_error(err: &std::io::Error) -> &PoolError {
+    err.get_ref()
+        .and_then(|inner| inner.downcast_ref::<PoolError>())
+        .unwrap_or_else(|| panic!("io::Error {err:?} does not wrap a PoolError"))
+}
+
+/// The positions of handles that `keep` selects, then one of them by `index`.
+fn pick(handles: &[Handle], index: Pick, keep: impl Fn(&Handle) -> bool) -> Option<usize> {
+    let positions: Vec<usize> = (0..handles.len()).filter(|&i| keep(&handles[i])).collect();
+    (!positions.is_empty()).then(|| positions[index.of(positions.len())])
+}
+
+fn is_buf(h: &Handle) -> bool {
+    matches!(h, Handle::Buf { .. })
+}
+
+fn is_bytes(h: &Handle) -> bool {
+    matches!(h, Handle::Bytes { .. })
+}
+
+struct World {
+    pool: BufferPool,
+    tenants: Vec<Tenant>,
+    model: Model,
+    handles: Vec<Handle>,
+}
+
+impl World {
+    fn new(knobs: Knobs) -> World {
+        let s = Setup {
+            idle_per_class: knobs.idle_per_class,
+            idle_bytes: knobs.idle_bytes,
+            ..SETUP
+        };
+        let pool = BufferPool::builder()
+            .default_tenant_soft_limit(s.default_soft)
+            .max_idle_per_class(s.idle_per_class as usize)
+            .max_idle_bytes(s.idle_bytes)
+            .max_request_bytes(s.max_request as usize)
+            .max_live_bytes(s.max_live)
+            .zero_on_release(knobs.zero_on_release)
+            .build();
+        let tenants: Vec<Tenant> = (0..TENANTS).map(|t| pool.tenant(&tenant_arg(t))).collect();
+        for (t, tenant) in tenants.iter().enumerate() {
+            assert_eq!(tenant.id(), tenant_key(t));
+            assert_eq!(tenant.is_overflow(), t == 2);
+        }
+        tenants[1].set_hard_limit(Some(s.t1_hard));
+        pool.set_tenant_soft_limit("t1", s.t1_soft);
+        World {
+            pool,
+            tenants,
+            model: Model::new(s),
+            handles: Vec::new(),
+        }
+    }
+
+    fn tenant_handle(&self, t: usize, fresh: bool) -> Tenant {
+        if fresh {
+            self.pool.tenant(&tenant_arg(t))
+        } else {
+            self.tenants[t].clone()
+        }
+    }
+
+    fn check(&self, ctx: &str) {
+        let snap = self.pool.snapshot();
+        assert_eq!(figures_of(&snap), self.model.figures(), "{ctx}");
+        assert_eq!(
+            self.pool.live_bytes(),
+            self.model.live,
+            "{ctx}: live_bytes()"
+        );
+        for (t, tenant) in self.tenants.iter().enumerate() {
+            let m = &self.model.tenants[t];
+            assert_eq!(tenant.live_bytes(), m.live, "{ctx}: {t} live_bytes()");
+            assert_eq!(tenant.soft_limit(), m.soft, "{ctx}: {t} soft_limit()");
+            assert_eq!(tenant.hard_limit(), m.hard, "{ctx}: {t} hard_limit()");
+        }
+        for h in &self.handles {
+            match h {
+                Handle::Buf { buf, obj } => assert_buf(buf, &self.model.objs[obj], ctx),
+                Handle::Bytes { bytes, obj, start } => match obj {
+                    Some(id) => {
+                        let o = &self.model.objs[id];
+                        assert!(start + bytes.len() as u64 <= o.len, "{ctx}: slice bounds");
+                        assert!(o.refs > 0);
+                    }
+                    None => assert!(bytes.is_empty()),
+                },
+                Handle::Res { res, tenant } => {
+                    assert_eq!(res.tenant(), tenant_key(*tenant), "{ctx}: reservation");
+                }
+            }
+        }
+    }
+
+    /// Removes handle `pos` and lets the model know what its drop returns.
+    fn drop_handle(&mut self, pos: usize) {
+        match self.handles.remove(pos) {
+            Handle::Buf { buf, obj } => {
+                drop(buf);
+                self.model.drop_obj(obj);
+            }
+            Handle::Bytes { bytes, obj, .. } => {
+                drop(bytes);
+                if let Some(id) = obj {
+                    let o = self.model.objs.get_mut(&id).unwrap();
+                    o.refs -= 1;
+                    if o.refs == 0 {
+                        self.model.drop_obj(id);
+                    }
+                }
+            }
+            Handle::Res { res, tenant } => {
+                let bytes = res.bytes();
+                drop(res);
+                self.model.unreserve(tenant, bytes);
+            }
+        }
+    }
+
+    fn apply(&mut self, step: usize, op: &Op) {
+        let ctx = format!("step {step}: {op:?}");
+        let ctx = ctx.as_str();
+        // The byte value this step writes, so that the runs of different steps differ.
+        let value = (step % 251) as u8 + 1;
+        match *op {
+            Op::Acquire {
+                tenant,
+                size,
+                fallible,
+                fresh_handle,
+            } => {
+                let mut next = self.model.clone();
+                let predicted = next.acquire(tenant, size);
+                let handle = tenant.map(|t| self.tenant_handle(t, fresh_handle));
+                let try_acquire = || match &handle {
+                    Some(t) => t.try_acquire(size),
+                    None => self.pool.try_acquire(size),
+                };
+                let actual = match (&predicted, fallible) {
+                    (_, true) => try_acquire(),
+                    (Ok(_), false) => Ok(match &handle {
+                        Some(t) => t.acquire(size),
+                        None => self.pool.acquire(size),
+                    }),
+                    (Err(err), false) => {
+                        let acquire = || match &handle {
+                            Some(t) => t.acquire(size),
+                            None => self.pool.acquire(size),
+                        };
+                        expect_panic(acquire, err, "try_acquire", ctx);
+                        Err(err.clone())
+                    }
+                };
+                self.model = next;
+                match (predicted, actual) {
+                    (Ok(obj), Ok(buf)) => {
+                        assert_buf(&buf, &self.model.objs[&obj], ctx);
+                        self.handles.push(Handle::Buf { buf, obj });
+                    }
+                    (Err(want), Err(got)) => assert_eq!(got, want, "{ctx}"),
+                    (want, got) => panic!("{ctx}: model says {want:?}, pool says {got:?}"),
+                }
+            }
+            Op::Write { target, len, via } => {
+                let Some(pos) = pick(&self.handles, target, is_buf) else {
+                    return;
+                };
+                let Handle::Buf { buf, obj } = &mut self.handles[pos] else {
+                    unreachable!()
+                };
+                let (obj, o) = (*obj, &self.model.objs[obj]);
+                let n = match len {
+                    Len::Fixed(n) => n,
+                    Len::ToCapacity { .. } if o.cap > self.model.s.fill_max => return,
+                    Len::ToCapacity { past } => (o.cap - o.len) as usize + usize::from(past),
+                };
+                let mut next = self.model.clone();
+                let chunked = matches!(via, Via::Put | Via::ExtendIter);
+                let predicted = if chunked {
+                    next.write_chunked(obj, value, n)
+                } else {
+                    next.write_all(obj, value, n)
+                };
+                // A chunked write refused half-way would panic with part of it written;
+                // such writes go through io::Write (all or nothing) instead.
+                let (via, predicted) = match (via, predicted) {
+                    (Via::Put | Via::ExtendIter, Err(_)) => {
+                        next = self.model.clone();
+                        (Via::IoWrite, next.write_all(obj, value, n))
+                    }
+                    (Via::ExtendIter, Ok(())) if n as u64 > self.model.s.iter_max => {
+                        (Via::Put, Ok(()))
+                    }
+                    other => other,
+                };
+                let data = vec![value; n];
+                match (via, &predicted) {
+                    (Via::IoWrite, _) => {
+                        let got = buf.write(&data);
+                        match (&predicted, got) {
+                            (Ok(()), Ok(written)) => assert_eq!(written, n, "{ctx}"),
+                            (Err(want), Err(got)) => {
+                                assert_eq!(io_pool_error(&got), want, "{ctx}")
+                            }
+                            (want, got) => panic!("{ctx}: model {want:?}, pool {got:?}"),
+                        }
+                    }
+                    (Via::Put, Ok(())) => buf.put(&data[..]),
+                    (Via::ExtendIter, Ok(())) => {
+                        buf.extend(data.iter().copied().filter(|_| true));
+                    }
+                    (Via::Extend, Ok(())) => buf.extend_from_slice(&data),
+                    (Via::PutSlice, Ok(())) => buf.put_slice(&data),
+                    (Via::Resize, Ok(())) => buf.resize(buf.len() + n, value),
+                    (Via::ExtendExact, Ok(())) => buf.extend(data.iter().copied()),
+                    (Via::Extend, Err(err)) => {
+                        expect_panic(|| buf.extend_from_slice(&data), err, "try_reserve", ctx)
+                    }
+                    (Via::PutSlice, Err(err)) => {
+                        expect_panic(|| buf.put_slice(&data), err, "try_reserve", ctx)
+                    }
+                    (Via::Resize, Err(err)) => {
+                        let new_len = buf.len() + n;
+                        expect_panic(|| buf.resize(new_len, value), err, "try_reserve", ctx)
+                    }
+                    (Via::ExtendExact, Err(err)) => {
+                        expect_panic(|| buf.extend(data.iter().copied()), err, "try_reserve", ctx)
+                    }
+                    (Via::Put | Via::ExtendIter, Err(_)) => unreachable!(),
+                }
+                self.model = next;
+                let o = &self.model.objs[&obj];
+                assert_buf(buf, o, ctx);
+                assert_content(buf, &o.runs, 0, ctx);
+            }
+            Op::TryReserve {
+                target,
+                additional,
+                panicking,
+            } => {
+                let Some(pos) = pick(&self.handles, target, is_buf) else {
+                    return;
+                };
+                let Handle::Buf { buf, obj } = &mut self.handles[pos] else {
+                    unreachable!()
+                };
+                let (obj, o) = (*obj, &self.model.objs[obj]);
+                let additional = match additional {
+                    Additional::Fixed(n) => n,
+                    Additional::PastCapacity => (o.cap - o.len + 1) as usize,
+                    Additional::ToCapacity => (o.cap - o.len) as usize,
+                };
+                let mut next = self.model.clone();
+                let predicted = next.try_reserve(obj, additional);
+                match (&predicted, panicking) {
+                    (Ok(()), true) => buf.reserve(additional),
+                    (Err(err), true) => {
+                        expect_panic(|| buf.reserve(additional), err, "try_reserve", ctx)
+                    }
+                    (_, false) => {
+                        assert_eq!(buf.try_reserve(additional), predicted, "{ctx}")
+                    }
+                }
+                self.model = next;
+                let o = &self.model.objs[&obj];
+                assert_buf(buf, o, ctx);
+                assert_content(buf, &o.runs, 0, ctx);
+                if predicted.is_ok() {
+                    assert!(buf.capacity() - buf.len() >= additional, "{ctx}: room");
+                }
+            }
+            Op::Freeze { target, via_from } => {
+                let Some(pos) = pick(&self.handles, target, is_buf) else {
+                    return;
+                };
+                let Handle::Buf { buf, obj } = self.handles.remove(pos) else {
+                    unreachable!()
+                };
+                let ptr = buf.as_ptr();
+                let bytes = if via_from {
+                    Bytes::from(buf)
+                } else {
+                    buf.freeze()
+                };
+                assert_eq!(bytes.as_ptr(), ptr, "{ctx}: freeze copied");
+                let o = self.model.objs.get_mut(&obj).unwrap();
+                o.refs = 1;
+                assert_eq!(bytes.len() as u64, o.len, "{ctx}");
+                assert_content(&bytes, &o.runs, 0, ctx);
+                self.handles.push(Handle::Bytes {
+                    bytes,
+                    obj: Some(obj),
+                    start: 0,
+                });
+            }
+            Op::CloneBytes { target } => {
+                let Some(pos) = pick(&self.handles, target, is_bytes) else {
+                    return;
+                };
+                let Handle::Bytes { bytes, obj, start } = &self.handles[pos] else {
+                    unreachable!()
+                };
+                let (bytes, obj, start) = (bytes.clone(), *obj, *start);
+                if let Some(id) = obj {
+                    self.model.objs.get_mut(&id).unwrap().refs += 1;
+                }
+                self.handles.push(Handle::Bytes { bytes, obj, start });
+            }
+            Op::SliceBytes { target, a, b } => {
+                let Some(pos) = pick(&self.handles, target, is_bytes) else {
+                    return;
+                };
+                let Handle::Bytes { bytes, obj, start } = &self.handles[pos] else {
+                    unreachable!()
+                };
+                let len = bytes.len();
+                let (i, j) = (a.of(len + 1), b.of(len + 1));
+                let (lo, hi) = (i.min(j), i.max(j));
+                let slice = bytes.slice(lo..hi);
+                let start = start + lo as u64;
+                // An empty slice is a fresh empty `Bytes` that pins nothing.
+                let obj = if hi > lo { *obj } else { None };
+                if let Some(id) = obj {
+                    let o = self.model.objs.get_mut(&id).unwrap();
+                    o.refs += 1;
+                    assert_content(&slice, &o.runs, start, ctx);
+                }
+                self.handles.push(Handle::Bytes {
+                    bytes: slice,
+                    obj,
+                    start,
+                });
+            }
+            Op::Drop { target } => {
+                if let Some(pos) = pick(&self.handles, target, |_| true) {
+                    self.drop_handle(pos);
+                }
+            }
+            Op::IntoVec { target } => {
+                let Some(pos) = pick(&self.handles, target, is_buf) else {
+                    return;
+                };
+                let Handle::Buf { buf, obj } = self.handles.remove(pos) else {
+                    unreachable!()
+                };
+                let ptr = buf.as_ptr();
+                let vec = buf.into_vec();
+                let o = self.model.detach(obj);
+                assert_eq!(vec.as_ptr(), ptr, "{ctx}: into_vec copied");
+                assert_eq!(vec.capacity() as u64, o.cap, "{ctx}: into_vec capacity");
+                assert_eq!(vec.len() as u64, o.len, "{ctx}: into_vec len");
+                assert_content(&vec, &o.runs, 0, ctx);
+            }
+            Op::Truncate { target, to } => {
+                let Some(pos) = pick(&self.handles, target, is_buf) else {
+                    return;
+                };
+                let Handle::Buf { buf, obj } = &mut self.handles[pos] else {
+                    unreachable!()
+                };
+                let to = to.of(buf.len() + 1);
+                if to == 0 {
+                    buf.clear();
+                } else {
+                    buf.truncate(to);
+                }
+                self.model.truncate(*obj, to as u64);
+                let o = &self.model.objs[obj];
+                assert_buf(buf, o, ctx);
+                assert_content(buf, &o.runs, 0, ctx);
+            }
+            Op::Reserve {
+                tenant,
+                bytes,
+                fallible,
+            } => {
+                let mut next = self.model.clone();
+                let predicted = next.reserve(tenant, bytes);
+                let handle = &self.tenants[tenant];
+                let actual = match (&predicted, fallible) {
+                    (_, true) => handle.try_reserve(bytes),
+                    (Ok(()), false) => Ok(handle.reserve(bytes)),
+                    (Err(err), false) => {
+                        expect_panic(|| handle.reserve(bytes), err, "try_reserve", ctx);
+                        Err(err.clone())
+                    }
+                };
+                self.model = next;
+                match (predicted, actual) {
+                    (Ok(()), Ok(res)) => {
+                        assert_eq!(res.bytes(), bytes, "{ctx}");
+                        self.handles.push(Handle::Res { res, tenant });
+                    }
+                    (Err(want), Err(got)) => assert_eq!(got, want, "{ctx}"),
+                    (want, got) => panic!("{ctx}: model says {want:?}, pool says {got:?}"),
+                }
+            }
+            Op::SetHardLimit { limit } => {
+                self.tenants[1].set_hard_limit(limit);
+                self.model.tenants[1].hard = limit;
+            }
+            Op::SetSoftLimit {
+                tenant,
+                bytes,
+                via_pool,
+            } => {
+                if via_pool {
+                    self.pool.set_tenant_soft_limit(&tenant_arg(tenant), bytes);
+                } else {
+                    self.tenants[tenant].set_soft_limit(bytes);
+                }
+                self.model.tenants[tenant].soft = bytes;
+            }
+            Op::Trim => {
+                let want = self.model.trim();
+                assert_eq!(self.pool.trim(), want, "{ctx}: trim()");
+            }
+        }
+    }
+}
+
+/// The knobs drawn per case.
+#[derive(Debug, Clone, Copy)]
+struct Knobs {
+    zero_on_release: bool,
+    idle_per_class: u64,
+    idle_bytes: u64,
+}
+
+fn knobs_strategy() -> impl Strategy<Value = Knobs> {
+    // Idle byte caps that a mix of idle slabs can meet exactly, so `equal` is tested too.
+    let idle_bytes = if cfg!(miri) {
+        vec![
+            SETUP.idle_bytes,
+            (2 * 64 * KIB + 3 * 4 * KIB) as u64,
+            (3 * 4 * KIB) as u64,
+        ]
+    } else {
+        vec![
+            SETUP.idle_bytes,
+            (10 * MIB + 2 * 64 * KIB + 3 * 4 * KIB) as u64,
+            (MIB + 64 * KIB + 2 * 4 * KIB) as u64,
+            (64 * KIB + 2 * 4 * KIB) as u64,
+        ]
+    };
+    (any::<bool>(), select(vec![1, 3, 3]), select(idle_bytes)).prop_map(
+        |(zero_on_release, idle_per_class, idle_bytes)| Knobs {
+            zero_on_release,
+            idle_per_class,
+            idle_bytes,
+        },
+    )
+}
+
+fn run(knobs: Knobs, ops: &[Op]) {
+    install_quiet_panic_hook();
+    let mut world = World::new(knobs);
+    world.check("after setup");
+    for (step, op) in ops.iter().enumerate() {
+        world.apply(step, op);
+        world.check(&format!("after step {step}: {op:?}"));
+    }
+    // Drop whatever is left, oldest first.
+    while !world.handles.is_empty() {
+        world.drop_handle(0);
+        world.check("while dropping the rest");
+    }
+    let snap = world.pool.snapshot();
+    assert_eq!(snap.live_bytes, 0);
+    assert_eq!(snap.reserved_bytes, 0);
+    assert!(snap.tenant_live_bytes.values().all(|&b| b == 0), "{snap:?}");
+    assert!(
+        snap.outstanding_buffers.values().all(|&b| b == 0),
+        "{snap:?}"
+    );
+    assert!(snap.tenant_outstanding_buffers.values().all(|&b| b == 0));
+    assert_eq!(world.pool.trim(), snap.idle_bytes);
+    world.model.trim();
+    world.check("after the final trim");
+    let snap = world.pool.snapshot();
+    assert_eq!(snap.idle_bytes, 0);
+    assert!(snap.idle_slabs.values().all(|&n| n == 0));
+}
+
+fn proptest_config() -> ProptestConfig {
+    // `default()` honours PROPTEST_CASES (256 when unset).
+    let mut config = ProptestConfig::default();
+    if cfg!(miri) {
+        // Miri is ~1000x slower, and isolation forbids the regression file.
+        config.failure_persistence = None;
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            config.cases = 8;
+        }
+    }
+    config
+}
+
+proptest! {
+    #![proptest_config(proptest_config())]
+
+    #[test]
+    fn pool_matches_model(
+        knobs in knobs_strategy(),
+        ops in prop::collection::vec(op_strategy(), 1..60),
+    ) {
+        run(knobs, &ops);
+    }
+}
+
+/// A fixed walk through the interesting paths, so they run even on an unlucky seed.
+#[test]
+fn model_walkthrough() {
+    let i = Pick;
+    let mut ops = vec![
+        Op::Acquire {
+            tenant: Some(0),
+            size: 0,
+            fallible: false,
+            fresh_handle: false,
+        },
+        Op::Write {
+            target: i(0),
+            len: Len::ToCapacity { past: true },
+            via: Via::Put,
+        },
+        Op::Write {
+            target: i(0),
+            len: Len::Fixed(4097),
+            via: Via::Extend,
+        },
+        Op::Freeze {
+            target: i(0),
+            via_from: false,
+        },
+        Op::CloneBytes { target: i(0) },
+        Op::SliceBytes {
+            target: i(1),
+            a: i(1),
+            b: i(2 * 4097), // to the end
+        },
+        Op::Acquire {
+            tenant: Some(1),
+            size: 65536,
+            fallible: true,
+            fresh_handle: false,
+        },
+        Op::TryReserve {
+            target: i(0),
+            additional: Additional::PastCapacity,
+            panicking: false,
+        },
+        Op::Reserve {
+            tenant: 1,
+            bytes: u64::MAX,
+            fallible: false,
+        },
+        Op::Reserve {
+            tenant: 2,
+            bytes: 4096,
+            fallible: false,
+        },
+        Op::Acquire {
+            tenant: None,
+            size: usize::MAX,
+            fallible: false,
+            fresh_handle: false,
+        },
+        Op::Drop { target: i(0) },
+        Op::Drop { target: i(0) },
+        Op::Trim,
+    ];
+    if !cfg!(miri) {
+        ops.extend([
+            Op::Acquire {
+                tenant: Some(2),
+                size: 10 * MIB,
+                fallible: false,
+                fresh_handle: true,
+            },
+            // Huge -> Oversize (20 MiB), then Oversize doubling (capped at 40 MiB).
+            Op::TryReserve {
+                target: i(1),
+                additional: Additional::PastCapacity,
+                panicking: true,
+            },
+            Op::TryReserve {
+                target: i(1),
+                additional: Additional::PastCapacity,
+                panicking: false,
+            },
+            Op::Acquire {
+                tenant: None,
+                size: 12 * MIB,
+                fallible: false,
+                fresh_handle: false,
+            },
+            Op::Write {
+                target: i(2),
+                len: Len::Fixed(100),
+                via: Via::Put,
+            },
+            Op::IntoVec { target: i(2) },
+        ]);
+    }
+    for zero_on_release in [false, true] {
+        let knobs = Knobs {
+            zero_on_release,
+            idle_per_class: SETUP.idle_per_class,
+            idle_bytes: SETUP.idle_bytes,
+        };
+        run(knobs, &ops);
+    }
+}
