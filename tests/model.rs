@@ -229,6 +229,19 @@ enum Len {
     },
 }
 
+/// How many bytes `read_from` may append, against what the reader holds.
+#[derive(Debug, Clone, Copy)]
+enum ReadMax {
+    /// Exactly what the reader holds.
+    Exact,
+    /// Half of it.
+    Half,
+    /// One more than it holds: the reader ends first.
+    PlusOne,
+    /// `usize::MAX` (as `PlusOne` above `fill_max`: `read_from` zero-fills what it lends).
+    Unbounded,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Additional {
     Fixed(usize),
@@ -273,6 +286,12 @@ enum Op {
     },
     IntoVec {
         target: Pick,
+    },
+    ReadFrom {
+        target: Pick,
+        /// What the reader holds.
+        len: Len,
+        max: ReadMax,
     },
     Truncate {
         target: Pick,
@@ -360,6 +379,17 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(target, a, b)| Op::SliceBytes { target, a, b }),
         7 => pick_strategy().prop_map(|target| Op::Drop { target }),
         1 => pick_strategy().prop_map(|target| Op::IntoVec { target }),
+        2 => (
+            pick_strategy(),
+            len_strategy(),
+            prop_oneof![
+                Just(ReadMax::Exact),
+                Just(ReadMax::Half),
+                Just(ReadMax::PlusOne),
+                Just(ReadMax::Unbounded),
+            ],
+        )
+            .prop_map(|(target, len, max)| Op::ReadFrom { target, len, max }),
         1 => (pick_strategy(), pick_strategy())
             .prop_map(|(target, to)| Op::Truncate { target, to }),
         3 => (0..TENANTS, select(reservation_sizes()), any::<bool>()).prop_map(
@@ -658,6 +688,34 @@ impl Model {
         Ok(())
     }
 
+    /// `read_from(reader, max)` with a reader holding `available` bytes: appends up to
+    /// `max` bytes, growing (one class at a time, as a write past capacity) only when the
+    /// buffer is full and the reader still has bytes; a reader at end of file needs no
+    /// room. A refused growth ends the call with an error; what was read stays.
+    fn read_from(
+        &mut self,
+        id: ObjId,
+        value: u8,
+        available: usize,
+        max: usize,
+    ) -> (u64, Result<(), PoolError>) {
+        let (available, max) = (available as u64, max as u64);
+        let mut total = 0;
+        while total < max && total < available {
+            let (len, cap) = (self.objs[&id].len, self.objs[&id].cap);
+            if len == cap {
+                if let Err(err) = self.try_reserve(id, 1) {
+                    return (total, Err(err));
+                }
+            }
+            let (len, cap) = (self.objs[&id].len, self.objs[&id].cap);
+            let read = (max - total).min(cap - len).min(available - total);
+            self.append(id, value, read);
+            total += read;
+        }
+        (total, Ok(()))
+    }
+
     fn truncate(&mut self, id: ObjId, to: u64) {
         let o = self.objs.get_mut(&id).unwrap();
         let mut kept = 0;
@@ -879,6 +937,11 @@ fn assert_buf(buf: &PooledBuf, o: &Obj, ctx: &str) {
     assert_eq!(buf.capacity() as u64, o.cap, "{ctx}: capacity");
     assert_eq!(buf.len() as u64, o.len, "{ctx}: len");
     assert_eq!(buf.tenant(), o.tenant.map(tenant_key), "{ctx}: tenant");
+    assert_eq!(
+        buf.remaining_mut() as u64,
+        SETUP.max_request - o.len,
+        "{ctx}: remaining_mut"
+    );
 }
 
 thread_local! {
@@ -1273,6 +1336,43 @@ impl World {
                 assert_eq!(vec.len() as u64, o.len, "{ctx}: into_vec len");
                 assert_content(&vec, &o.runs, 0, ctx);
             }
+            Op::ReadFrom { target, len, max } => {
+                let Some(pos) = pick(&self.handles, target, is_buf) else {
+                    return;
+                };
+                let Handle::Buf { buf, obj } = &mut self.handles[pos] else {
+                    unreachable!()
+                };
+                let (obj, o) = (*obj, &self.model.objs[obj]);
+                let fill_max = self.model.s.fill_max;
+                let available = match len {
+                    Len::Fixed(n) => n,
+                    Len::ToCapacity { .. } if o.cap > fill_max => return,
+                    Len::ToCapacity { past } => (o.cap - o.len) as usize + usize::from(past),
+                };
+                let max = match max {
+                    ReadMax::Exact => available,
+                    ReadMax::Half => available / 2,
+                    ReadMax::PlusOne => available + 1,
+                    ReadMax::Unbounded if o.cap > fill_max => available + 1,
+                    ReadMax::Unbounded => usize::MAX,
+                };
+                let mut next = self.model.clone();
+                let (appended, predicted) = next.read_from(obj, value, available, max);
+                let data = vec![value; available];
+                let got = buf.read_from(&mut &data[..], max);
+                match (predicted, got) {
+                    (Ok(()), Ok(read)) => assert_eq!(read as u64, appended, "{ctx}"),
+                    (Err(want), Err(got)) => assert_eq!(io_pool_error(&got), &want, "{ctx}"),
+                    (want, got) => panic!(
+                        "{ctx}: model says {want:?} after {appended} bytes, pool says {got:?}"
+                    ),
+                }
+                self.model = next;
+                let o = &self.model.objs[&obj];
+                assert_buf(buf, o, ctx);
+                assert_content(buf, &o.runs, 0, ctx);
+            }
             Op::Truncate { target, to } => {
                 let Some(pos) = pick(&self.handles, target, is_buf) else {
                     return;
@@ -1532,4 +1632,47 @@ fn model_walkthrough() {
         };
         run(knobs, &ops);
     }
+}
+
+/// `read_from` whose reader ends exactly where the buffer is full needs no room: nothing
+/// may be promoted, charged or taken from the pool (DESIGN.md: only a write *past* the
+/// capacity promotes).
+#[test]
+fn read_from_at_end_of_file_takes_no_room() {
+    let ops = [
+        Op::Acquire {
+            tenant: Some(0),
+            size: 4096,
+            fallible: false,
+            fresh_handle: false,
+        },
+        Op::ReadFrom {
+            target: Pick(0),
+            len: Len::ToCapacity { past: false },
+            max: ReadMax::Unbounded,
+        },
+    ];
+    let knobs = Knobs {
+        zero_on_release: false,
+        idle_per_class: SETUP.idle_per_class,
+        idle_bytes: SETUP.idle_bytes,
+    };
+    run(knobs, &ops);
+}
+
+/// The same at `max_request_bytes`: every byte the reader had was read, so the call
+/// succeeds; it must not fail because a growth nobody needed would be too large.
+#[test]
+fn read_from_at_end_of_file_at_max_request_bytes_succeeds() {
+    let pool = BufferPool::builder().max_request_bytes(4096).build();
+    let mut buf = pool.acquire(4096);
+    let frame = [7u8; 4096];
+    let read = buf.read_from(&mut &frame[..], 10_000);
+    assert_eq!(
+        read.ok(),
+        Some(4096),
+        "read_from of a frame that fits exactly"
+    );
+    assert_eq!(&buf[..], &frame[..]);
+    assert_eq!(pool.snapshot().too_large_total, 0);
 }
