@@ -75,18 +75,7 @@ impl PooledBuf {
             class => class.capacity(),
         };
         let account = tenant.as_deref();
-        let tenant_live = pool.charge(account, capacity as u64)?;
-        let taken = match class {
-            PoolClass::Oversize => pool.allocate_oversize(capacity),
-            class => pool.take_slab(class),
-        };
-        let slab = match taken {
-            Ok(slab) => slab,
-            Err(err) => {
-                pool.debit(account, capacity as u64);
-                return Err(err);
-            }
-        };
+        let (slab, tenant_live) = pool.obtain(account, class, capacity)?;
         if let Some(account) = account {
             account.count_soft(tenant_live);
             account.buffer_opened();
@@ -386,8 +375,12 @@ impl Drop for PooledBuf {
         if slab.capacity() == 0 {
             return; // into_vec took it and settled the accounts
         }
-        self.pool.release_slab(slab, self.class, self.exposed);
-        self.close();
+        let account = self.tenant.as_deref();
+        self.pool
+            .give_back(slab, self.class, self.exposed, account, self.charged);
+        if let Some(account) = account {
+            account.buffer_closed();
+        }
     }
 }
 
