@@ -255,10 +255,9 @@ impl PoolRef {
             class if tried_cache => self.allocate_slab(class),
             class => self.take_slab(class),
         };
-        taken.map(|slab| (slab, tenant_live)).map_err(|err| {
-            self.debit(tenant, bytes);
-            err
-        })
+        taken
+            .map(|slab| (slab, tenant_live))
+            .inspect_err(|_| self.debit(tenant, bytes))
     }
 
     /// Release and debit in one step: the hot path of a drop. See [`Self::release_slab`].
