@@ -401,7 +401,8 @@ async fn serve_tenant(
             data,
             checksum,
         };
-        // Two owners of one slab; it returns to the pool when the slower one drops it.
+        // Two more owners of one slab. The server drops its own at the end of this
+        // iteration; the slab returns to the pool when the slower consumer drops the last.
         for consumer in consumers {
             consumer
                 .send(frame.clone())
@@ -432,6 +433,10 @@ fn decode_header(header: &[u8; HEADER_BYTES]) -> io::Result<(usize, Kind, u64)> 
 }
 
 /// Reads exactly `len` bytes into `buf`, in as many reads as the socket needs.
+///
+/// `buf` is `&mut PooledBuf` (or `&mut BytesMut`), so this is `(&mut buf).limit(len)`:
+/// a pooled slab is usually larger than the frame, and the limit keeps the next frame's
+/// header in the socket.
 async fn read_frame(stream: &mut TcpStream, buf: &mut impl BufMut, len: usize) -> io::Result<()> {
     let mut frame = buf.limit(len);
     while frame.has_remaining_mut() {
