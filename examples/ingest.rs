@@ -304,11 +304,14 @@ async fn run(config: Config) -> Result<bool, Error> {
     );
     println!();
     match prometheus_text(&pool) {
+        _ if config.alloc == Alloc::Vec => println!("(no Prometheus text: the pool was not used)"),
         Some(text) => print!("# Prometheus text (axon_buffer::prometheus::render)\n{text}"),
         None => println!("(Prometheus text: run with --features prometheus)"),
     }
     println!();
-    if ok {
+    if ok && config.alloc == Alloc::Vec {
+        println!("ok: every checksum matched");
+    } else if ok {
         println!("ok: every tenant's live bytes are back to 0, every checksum matched");
     } else {
         println!("FAILED: see above");
@@ -569,6 +572,9 @@ fn print_summary(
         "peak RSS    {} (VmHWM)",
         peak_rss().map_or("n/a".into(), human)
     );
+    if let Some(faults) = minor_page_faults() {
+        println!("page faults {faults} minor (fresh memory the kernel had to map)");
+    }
     if config.alloc == Alloc::Vec {
         println!("pool        not used: every frame was a fresh BytesMut, freed on drop");
         return true;
@@ -719,6 +725,14 @@ fn peak_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Minor page faults of this process so far (`minflt` in /proc/self/stat), Linux only.
+fn minor_page_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields = stat.get(stat.rfind(')')? + 1..)?;
+    fields.split_whitespace().nth(7)?.parse().ok()
 }
 
 fn human(bytes: u64) -> String {
