@@ -27,7 +27,7 @@
 //! | `buffer_pool_outstanding_buffers` | gauge | `class` | buffers (or frozen `Bytes`) not yet dropped |
 //! | `buffer_pool_idle_slabs` | gauge | `class` | slabs waiting for reuse, wherever they wait |
 //! | `buffer_pool_idle_bytes` | gauge | `class` | their capacity: idle slabs times the class capacity |
-//! | `buffer_pool_discarded_total` | counter | `class` | slabs freed on return because a cap was full |
+//! | `buffer_pool_discarded_total` | counter | `class` | slabs freed on return instead of pooled (a cap was full, or Oversize) |
 //! | `buffer_pool_tenant_live_bytes` | gauge | `tenant_id` | bytes charged to each tenant |
 //! | `buffer_pool_tenant_outstanding_buffers` | gauge | `tenant_id` | buffers (or frozen `Bytes`) each tenant has not yet dropped |
 //! | `buffer_pool_soft_limit_exceeded_total` | counter | `tenant_id` | charges that left the tenant above its soft limit |
@@ -172,15 +172,6 @@ pub fn render(pool: &BufferPool) -> String {
     text
 }
 
-/// Every class, in the order series are written.
-const ALL_CLASSES: [PoolClass; 5] = [
-    PoolClass::Small,
-    PoolClass::Medium,
-    PoolClass::Large,
-    PoolClass::Huge,
-    PoolClass::Oversize,
-];
-
 fn encode_snapshot(s: &BufferPoolSnapshot, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
     use Kind::{Counter, Gauge};
     let pooled = PoolClass::non_oversize();
@@ -234,7 +225,7 @@ fn encode_snapshot(s: &BufferPoolSnapshot, e: &mut DescriptorEncoder<'_>) -> fmt
         "buffer_pool_outstanding_buffers",
         "Buffers, or frozen Bytes sharing their slab, not yet dropped, by size class.",
         None,
-        &ALL_CLASSES,
+        &PoolClass::all(),
         s.outstanding_buffers.iter().map(|(c, n)| (*c, *n)),
     )?;
     by_class(
@@ -261,7 +252,7 @@ fn encode_snapshot(s: &BufferPoolSnapshot, e: &mut DescriptorEncoder<'_>) -> fmt
         e,
         Counter,
         "buffer_pool_discarded",
-        "Slabs freed on return because a free list or the idle byte cap was full.",
+        "Slabs freed on return instead of pooled: list or idle byte cap full, or Oversize.",
         None,
         &pooled,
         s.discarded_total.iter().map(|(c, n)| (*c, *n)),
@@ -388,7 +379,7 @@ fn by_class(
 ) -> fmt::Result {
     let values: HashMap<PoolClass, u64> = values.collect();
     let mut family = e.encode_descriptor(name, help, unit, kind.metric_type())?;
-    for class in ALL_CLASSES {
+    for class in PoolClass::all() {
         let value = match values.get(&class) {
             Some(v) => *v,
             None if always.contains(&class) => 0,
