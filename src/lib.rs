@@ -9,6 +9,9 @@ mod pool;
 mod snapshot;
 mod tenant;
 
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
+
 pub use buf::PooledBuf;
 pub use class::PoolClass;
 pub use error::PoolError;
