@@ -47,7 +47,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use crate::inner::{Config, PoolInner, PoolRef};
-use crate::{BufferPoolSnapshot, PoolError, PooledBuf, Tenant};
+use crate::{BufferPoolSnapshot, OutstandingBuffer, PoolError, PooledBuf, Tenant};
 
 static GLOBAL_INNER: OnceLock<PoolInner> = OnceLock::new();
 static GLOBAL: OnceLock<BufferPool> = OnceLock::new();
@@ -168,8 +168,33 @@ impl BufferPool {
         self.inner.trim()
     }
 
-    /// Bytes charged now by outstanding buffers and reservations (one atomic load; cheaper
-    /// than a snapshot).
+    /// The oldest outstanding buffers among those the leak tracker sampled, oldest first, at
+    /// most `limit`. Empty unless the pool was built with
+    /// [`BufferPoolBuilder::leak_tracking`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::{BufferPool, PoolClass};
+    ///
+    /// let pool = BufferPool::builder().leak_tracking(1).build(); // every buffer
+    /// let kept = pool.tenant("acme").acquire(100);
+    /// drop(pool.acquire(100));
+    /// let report = pool.oldest_outstanding(10);
+    /// assert_eq!(report.len(), 1);
+    /// assert_eq!(report[0].class, PoolClass::Small);
+    /// assert_eq!(report[0].tenant.as_deref(), Some("acme"));
+    /// # drop(kept);
+    /// ```
+    pub fn oldest_outstanding(&self, limit: usize) -> Vec<OutstandingBuffer> {
+        match &self.inner.leaks {
+            Some(leaks) => leaks.oldest(limit),
+            None => Vec::new(),
+        }
+    }
+
+    /// Bytes charged now by outstanding buffers and reservations (cheaper than a snapshot:
+    /// a sum of per-thread figures).
     pub fn live_bytes(&self) -> u64 {
         self.inner.live_bytes()
     }
@@ -262,6 +287,21 @@ impl BufferPoolBuilder {
     /// safe API anyway; this scrubs the raw memory too.
     pub fn zero_on_release(mut self, zero: bool) -> Self {
         self.config.zero_on_release = zero;
+        self
+    }
+
+    /// Track one outstanding buffer in `sample_one_in` (1: every buffer; 0: off, the
+    /// default) for [`BufferPool::oldest_outstanding`]. Costs one branch per acquire when
+    /// off; when on, a sampled acquire and its drop take a lock.
+    pub fn leak_tracking(mut self, sample_one_in: u32) -> Self {
+        self.config.leak_sample_every = sample_one_in;
+        self
+    }
+
+    /// Capture the backtrace of each sampled acquisition (default off: a capture costs
+    /// microseconds). Needs `leak_tracking`.
+    pub fn leak_backtraces(mut self, capture: bool) -> Self {
+        self.config.leak_backtraces = capture;
         self
     }
 

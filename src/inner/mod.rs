@@ -15,6 +15,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
+use crate::leak::LeakTracker;
 use crate::snapshot::BufferPoolSnapshot;
 use crate::{PoolClass, PoolError};
 use accounts::{try_add_bounded, ChargeRefused, Registry, TenantAccount};
@@ -39,6 +40,9 @@ pub(crate) struct Config {
     pub(crate) max_request_bytes: usize,
     pub(crate) max_live_bytes: Option<u64>,
     pub(crate) zero_on_release: bool,
+    /// Track one buffer in this many; 0 is off.
+    pub(crate) leak_sample_every: u32,
+    pub(crate) leak_backtraces: bool,
 }
 
 impl Default for Config {
@@ -51,6 +55,8 @@ impl Default for Config {
             max_request_bytes: 1024 * 1024 * 1024,
             max_live_bytes: None,
             zero_on_release: false,
+            leak_sample_every: 0,
+            leak_backtraces: false,
         }
     }
 }
@@ -93,6 +99,8 @@ pub(crate) struct PoolInner {
     counters: Counters,
     tenants: Mutex<Registry>,
     caches: Mutex<Vec<Arc<LocalCache>>>,
+    /// Sampled records of outstanding buffers, when `leak_sample_every` is set.
+    pub(crate) leaks: Option<LeakTracker>,
 }
 
 /// How a buffer, reservation or handle refers to its pool: the process-global pool by a
@@ -491,6 +499,8 @@ impl PoolInner {
                 config.default_tenant_soft_limit,
             )),
             caches: Mutex::new(Vec::new()),
+            leaks: (config.leak_sample_every > 0)
+                .then(|| LeakTracker::new(config.leak_sample_every, config.leak_backtraces)),
             config,
         }
     }
