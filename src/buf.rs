@@ -262,8 +262,10 @@ impl PooledBuf {
     ///
     /// The reader is lent only zero-filled memory (never stale bytes of an earlier user),
     /// and a reader that reports more bytes than it was lent is refused with
-    /// [`io::ErrorKind::InvalidData`]. On an error, what earlier reads of this call appended
-    /// stays in the buffer.
+    /// [`io::ErrorKind::InvalidData`]. A full buffer is promoted only once the reader has
+    /// given at least one more byte. On an error, what earlier reads of this call appended
+    /// stays in the buffer; a byte read just before a refused promotion is lost with the
+    /// error.
     ///
     /// # Errors
     ///
@@ -286,7 +288,25 @@ impl PooledBuf {
         let mut total = 0;
         while total < max {
             if self.len() == self.capacity() {
+                // Full: read one byte before growing, so a reader at end of file costs no
+                // promotion (and no TooLarge at `max_request_bytes`).
+                let mut probe = [0u8; 1];
+                let read = loop {
+                    match reader.read(&mut probe) {
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                        other => break other?,
+                    }
+                };
+                match read {
+                    0 => break,
+                    1 => {}
+                    read => return Err(lying_reader(read, 1)),
+                }
                 self.try_reserve(1)?;
+                self.slab.push(probe[0]);
+                self.mark_exposed();
+                total += 1;
+                continue;
             }
             let start = self.len();
             let lent = (max - total).min(self.capacity() - start);
@@ -300,10 +320,7 @@ impl PooledBuf {
                 Ok(read) if read <= lent => read,
                 Ok(read) => {
                     self.slab.truncate(start);
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("reader reported {read} bytes read into a {lent}-byte buffer"),
-                    ));
+                    return Err(lying_reader(read, lent));
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => 0,
                 Err(err) => {
@@ -386,6 +403,14 @@ impl PooledBuf {
     fn spare_within_limit(&self) -> usize {
         (self.capacity() - self.len()).min(self.remaining_mut())
     }
+}
+
+/// The error for a `Read` that reports more bytes than it was lent.
+fn lying_reader(read: usize, lent: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("reader reported {read} bytes read into a {lent}-byte buffer"),
+    )
 }
 
 impl Drop for PooledBuf {
