@@ -381,8 +381,24 @@ fn every_slab_is_freed_once_with_its_layout() {
     );
 
     assert_eq!(pool.trim(), snap.idle_bytes);
-    TRACKING.store(false, Ordering::Relaxed);
     assert_eq!(live_slabs(), (0, 0), "live slabs after trim");
+
+    // 7. Slabs left idle (in this thread's cache and the shared lists) when the pool itself
+    //    goes: its drop frees them.
+    let mut classes = vec![(100, PoolClass::Small), (5000, PoolClass::Medium)];
+    if big {
+        classes.push((100_000, PoolClass::Large));
+    }
+    let again: Vec<PooledBuf> = classes
+        .iter()
+        .map(|&(n, class)| acquire(&pool, n, class))
+        .collect();
+    drop(again);
+    assert!(live_slabs().0 > 0, "slabs idle again");
+    drop(tenant);
+    drop(pool);
+    TRACKING.store(false, Ordering::Relaxed);
+    assert_eq!(live_slabs(), (0, 0), "live slabs after the pool dropped");
 
     let (overflowed, unknown_frees) = {
         let ledger = ledger();

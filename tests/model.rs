@@ -1,16 +1,21 @@
 //! A proptest state machine: random sequences of acquire (with and without a tenant, sizes at
-//! every class boundary), writes that grow, freeze, clone, slice, drop in random order,
-//! `into_vec`, reservations, limit changes and trim run against a real pool and against a
-//! plain single-threaded model written from DESIGN.md. After every step the pool's snapshot
-//! must equal the model's prediction exactly, and at the end every live figure is 0.
+//! every class boundary), writes that grow, `read_from`, freeze, clone, slice, drop in random
+//! order, `into_vec`, reservations, limit changes and trim run against a real pool and
+//! against a plain single-threaded model written from DESIGN.md. After every step the pool's
+//! snapshot must equal the model's prediction exactly, and at the end every live figure is 0.
 //!
-//! The model shares no code with the crate: it has its own class table, its own free-list
-//! counts and its own charge rules. It uses the crate's public names only to read figures.
+//! The model shares no code with the crate: it has its own class table, its own free-list,
+//! cache-slot and budget-unit counts, and its own charge rules. It uses the crate's public
+//! names only to read figures. Where DESIGN.md leaves room, it follows what the crate
+//! documents: the thread cache in front of the Small and Medium lists (pool.rs, "Thread
+//! caches" and "Caps": 8 and 4 slots, refill half, spill half, units kept while slots are
+//! empty), and the shared live figure that bounds reservations (and every charge of a pool
+//! with `max_live_bytes`).
 //!
 //! Memory is real, so sizes stay cheap: big slabs are allocated but only touched by writes
-//! of at most `fill_max` bytes, and `max_live_bytes` bounds how many can be outstanding.
-//! Under Miri the pool is built with `max_request_bytes` = 64 KiB and only the Small and
-//! Medium boundaries are drawn.
+//! of at most `fill_max` bytes, and `max_live_bytes` (or, without it, `MAX_BIG`) bounds how
+//! many can be outstanding. Under Miri the pool is built with `max_request_bytes` = 64 KiB
+//! and only the Small and Medium boundaries are drawn.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +42,9 @@ const MIB: usize = 1024 * KIB;
 /// Capacities of the four pooled classes, smallest first. Index 4 is Oversize.
 const CLASS_CAP: [u64; 4] = [4096, 65536, 1_048_576, 10_485_760];
 const OVERSIZE: usize = 4;
+
+/// Most Huge or Oversize buffers outstanding in a pool without `max_live_bytes`.
+const MAX_BIG: usize = 4;
 
 /// The smallest pooled class whose capacity holds `n`, else Oversize.
 fn model_class(n: u64) -> usize {
@@ -67,7 +75,8 @@ struct Setup {
     idle_per_class: u64,
     idle_bytes: u64,
     max_request: u64,
-    max_live: u64,
+    /// `max_live_bytes`, or none (buffers are then charged to per-thread figures).
+    max_live: Option<u64>,
     t1_hard: u64,
     t1_soft: u64,
     /// Largest capacity a "fill to capacity" write fills (memory is real; Miri is slow).
@@ -83,7 +92,7 @@ const SETUP: Setup = if cfg!(miri) {
         // One Medium and two Small slabs: the byte cap bites before the list cap.
         idle_bytes: (64 * KIB + 2 * 4 * KIB) as u64,
         max_request: 64 * KIB as u64,
-        max_live: 256 * KIB as u64,
+        max_live: Some(256 * KIB as u64),
         t1_hard: 80 * KIB as u64,
         t1_soft: 16 * KIB as u64,
         fill_max: 64 * KIB as u64,
@@ -96,8 +105,9 @@ const SETUP: Setup = if cfg!(miri) {
         // One Huge, one Large, two Medium and three Small slabs at most together.
         idle_bytes: (10 * MIB + MIB + 2 * 64 * KIB + 3 * 4 * KIB) as u64,
         max_request: 40 * MIB as u64,
-        // Bounds the Huge and Oversize buffers outstanding at once (about six).
-        max_live: 64 * MIB as u64,
+        // Bounds the Huge and Oversize buffers outstanding at once (about six); without it
+        // the test itself keeps at most `MAX_BIG` of them.
+        max_live: Some(64 * MIB as u64),
         t1_hard: 2 * MIB as u64,
         t1_soft: MIB as u64,
         fill_max: MIB as u64,
@@ -176,8 +186,8 @@ fn reservation_sizes() -> Vec<u64> {
         64 * KIB as u64,
         s.t1_hard,
         s.t1_hard + 1,
-        s.max_live,
-        s.max_live + 1,
+        s.max_live.unwrap(),
+        s.max_live.unwrap() + 1,
         u64::MAX / 2,
         u64::MAX,
     ]
@@ -310,6 +320,14 @@ enum Op {
         bytes: u64,
         via_pool: bool,
     },
+    /// `n` acquires of one Small or Medium size in a row, then (unless `keep`) their drops
+    /// in order: fills, empties and spills the thread cache.
+    Burst {
+        tenant: Option<usize>,
+        size: usize,
+        n: usize,
+        keep: bool,
+    },
     Trim,
 }
 
@@ -411,6 +429,18 @@ fn op_strategy() -> impl Strategy<Value = Op> {
                 bytes,
                 via_pool,
             }),
+        3 => (
+            prop::option::of(0..TENANTS),
+            select(vec![1, 4096, 4097, 65536]),
+            1..20usize,
+            any::<bool>(),
+        )
+            .prop_map(|(tenant, size, n, keep)| Op::Burst {
+                tenant,
+                size,
+                n,
+                keep,
+            }),
         1 => Just(Op::Trim),
     ]
 }
@@ -443,11 +473,52 @@ struct Obj {
     refs: u32,
 }
 
+/// This thread's cache of Small and Medium slabs, in front of the shared lists (pool.rs:
+/// "each thread keeps up to 8 Small and 4 Medium slabs"). Single-threaded, the test thread
+/// has exactly one per pool.
+const CACHE_SLOTS: [usize; 2] = [8, 4];
+
+/// Where slabs wait, and the idle budget they take. Both caps (`max_idle_per_class`,
+/// `max_idle_bytes`) are kept on *units*: one per slab on a shared list, and one per slot a
+/// thread cache holds, filled or not (a cache keeps the unit of a slab it hands out, so the
+/// next return needs no shared atomic; `trim` empties the slots but the units stay).
+#[derive(Debug, Clone)]
+struct Idle {
+    /// Slabs on the shared list, per pooled class.
+    shared: [u64; 4],
+    /// Units taken per pooled class: shared slabs plus units held by the cache.
+    units: [u64; 4],
+    /// The cache's slots (Small, Medium): which hold a slab.
+    slots: [[bool; 8]; 2],
+    /// Units the cache holds, per cached class; slots from `held` on are always empty.
+    held: [usize; 2],
+}
+
+impl Idle {
+    fn filled(&self, k: usize) -> u64 {
+        self.slots[k].iter().filter(|&&f| f).count() as u64
+    }
+
+    fn idle_slabs(&self) -> [u64; 4] {
+        let mut idle = self.shared;
+        idle[0] += self.filled(0);
+        idle[1] += self.filled(1);
+        idle
+    }
+
+    fn idle_bytes(&self) -> u64 {
+        (0..4).map(|c| self.idle_slabs()[c] * CLASS_CAP[c]).sum()
+    }
+
+    fn budget(&self) -> u64 {
+        (0..4).map(|c| self.units[c] * CLASS_CAP[c]).sum()
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Model {
     s: Setup,
-    free: [u64; 4],
-    idle_bytes: u64,
+    idle: Idle,
     hits: [u64; 4],
     misses: [u64; 4],
     oversize: u64,
@@ -456,7 +527,13 @@ struct Model {
     too_large: u64,
     pool_limit: u64,
     promotions: u64,
+    /// Live bytes of buffers and reservations.
     live: u64,
+    /// The part of `live` charged to the pool's shared figure: reservations, and every
+    /// charge of a pool with `max_live_bytes`. (Without one, buffers are charged to the
+    /// thread's own figure, with no limit to check.) Bounded by `max_live_bytes`, else by
+    /// 2^63 - 1, so no sum can wrap.
+    shared_live: u64,
     reserved: u64,
     tenants: [TenantModel; TENANTS],
     objs: BTreeMap<u64, Obj>,
@@ -464,6 +541,11 @@ struct Model {
 }
 
 type ObjId = u64;
+
+/// The cache index of a class, if the thread caches it.
+fn cache_index(class: usize) -> Option<usize> {
+    (class < 2).then_some(class)
+}
 
 impl Model {
     fn new(s: Setup) -> Model {
@@ -475,8 +557,12 @@ impl Model {
         tenants[1].soft = s.t1_soft;
         Model {
             s,
-            free: [0; 4],
-            idle_bytes: 0,
+            idle: Idle {
+                shared: [0; 4],
+                units: [0; 4],
+                slots: [[false; 8]; 2],
+                held: [0; 2],
+            },
             hits: [0; 4],
             misses: [0; 4],
             oversize: 0,
@@ -486,6 +572,7 @@ impl Model {
             pool_limit: 0,
             promotions: 0,
             live: 0,
+            shared_live: 0,
             reserved: 0,
             tenants,
             objs: BTreeMap::new(),
@@ -498,9 +585,17 @@ impl Model {
         PoolError::TooLarge { requested, max }
     }
 
-    /// A charge: all or nothing; tenant first (overflow, then hard limit), then the pool
-    /// (overflow, then `max_live_bytes`). Equal to a limit is allowed.
-    fn charge(&mut self, tenant: Option<usize>, bytes: u64) -> Result<(), PoolError> {
+    /// A charge, all or nothing: the tenant first (overflow, then its hard limit), then
+    /// the pool. A buffer of a pool without `max_live_bytes` is charged to its thread's
+    /// figure, unchecked; everything else to the shared figure, within `max_live_bytes`
+    /// (refused as the pool limit) or 2^63 - 1 (refused as too large). Equal to a limit is
+    /// allowed.
+    fn charge(
+        &mut self,
+        tenant: Option<usize>,
+        bytes: u64,
+        reservation: bool,
+    ) -> Result<(), PoolError> {
         if let Some(t) = tenant {
             let live = self.tenants[t].live;
             let Some(after) = live.checked_add(bytes) else {
@@ -518,18 +613,26 @@ impl Model {
                 }
             }
         }
-        let Some(after) = self.live.checked_add(bytes) else {
-            return Err(self.too_large(bytes, u64::MAX));
-        };
-        if after > self.s.max_live {
-            self.pool_limit += 1;
-            return Err(PoolError::PoolLimit {
-                requested: bytes,
-                live: self.live,
-                limit: self.s.max_live,
-            });
+        let shared = reservation || self.s.max_live.is_some();
+        if shared {
+            let limit = self.s.max_live.unwrap_or(i64::MAX as u64);
+            let Some(after) = self.shared_live.checked_add(bytes) else {
+                return Err(self.too_large(bytes, limit));
+            };
+            if after > limit {
+                if self.s.max_live.is_none() {
+                    return Err(self.too_large(bytes, limit));
+                }
+                self.pool_limit += 1;
+                return Err(PoolError::PoolLimit {
+                    requested: bytes,
+                    live: self.shared_live,
+                    limit,
+                });
+            }
+            self.shared_live = after;
         }
-        self.live = after;
+        self.live += bytes;
         if let Some(t) = tenant {
             self.tenants[t].live += bytes;
         }
@@ -546,39 +649,116 @@ impl Model {
         }
     }
 
-    fn debit(&mut self, tenant: Option<usize>, bytes: u64) {
+    fn debit(&mut self, tenant: Option<usize>, bytes: u64, reservation: bool) {
         self.live -= bytes;
+        if reservation || self.s.max_live.is_some() {
+            self.shared_live -= bytes;
+        }
         if let Some(t) = tenant {
             self.tenants[t].live -= bytes;
         }
     }
 
-    /// A slab for a buffer: a hit from the free list, a miss, or an Oversize allocation.
+    /// One unit of idle budget for `class`, if both caps have room.
+    fn reserve_unit(&mut self, class: usize) -> bool {
+        if self.idle.units[class] >= self.s.idle_per_class
+            || self.idle.budget() + CLASS_CAP[class] > self.s.idle_bytes
+        {
+            return false;
+        }
+        self.idle.units[class] += 1;
+        true
+    }
+
+    /// A slab from the cache: from its held slots, else a refill of half its slots from
+    /// the shared list (one hit; the units of the moved slabs go to the cache, as many as it
+    /// needs).
+    fn take_cached(&mut self, k: usize) -> bool {
+        let held = self.idle.held[k];
+        if let Some(i) = (0..held).find(|&i| self.idle.slots[k][i]) {
+            self.idle.slots[k][i] = false;
+            self.hits[k] += 1;
+            return true;
+        }
+        let take = self.idle.shared[k].min(CACHE_SLOTS[k] as u64 / 2 + 1) as usize;
+        if take == 0 {
+            return false;
+        }
+        self.idle.shared[k] -= take as u64;
+        self.hits[k] += 1;
+        let moved = take - 1;
+        let keep = held.max(moved);
+        self.idle.held[k] = keep;
+        self.idle.units[k] -= (held + moved + 1 - keep) as u64;
+        for slot in &mut self.idle.slots[k][..moved] {
+            *slot = true;
+        }
+        true
+    }
+
+    /// A returned slab into the cache: a free held slot, else (after spilling the upper half
+    /// of a full cache to the shared list) a newly reserved unit. False: no room.
+    fn give_cached(&mut self, k: usize) -> bool {
+        let mut held = self.idle.held[k];
+        if let Some(i) = (0..held).find(|&i| !self.idle.slots[k][i]) {
+            self.idle.slots[k][i] = true;
+            return true;
+        }
+        if held == CACHE_SLOTS[k] {
+            let keep = held / 2;
+            let spilled = (keep..held).filter(|&i| self.idle.slots[k][i]).count();
+            for slot in &mut self.idle.slots[k][keep..held] {
+                *slot = false;
+            }
+            // The spilled slabs keep their units on the shared list; empty slots' go back.
+            self.idle.units[k] -= ((held - keep) - spilled) as u64;
+            self.idle.shared[k] += spilled as u64;
+            held = keep;
+            self.idle.held[k] = held;
+        }
+        if !self.reserve_unit(k) {
+            return false;
+        }
+        self.idle.held[k] = held + 1;
+        self.idle.slots[k][held] = true;
+        true
+    }
+
+    /// A slab for a buffer: a hit (cache, then shared list), a miss, or an Oversize
+    /// allocation.
     fn take(&mut self, class: usize) {
+        self.outstanding[class] += 1;
         if class == OVERSIZE {
             self.oversize += 1;
-        } else if self.free[class] > 0 {
-            self.free[class] -= 1;
-            self.idle_bytes -= CLASS_CAP[class];
+            return;
+        }
+        if cache_index(class).is_some_and(|k| self.take_cached(k)) {
+            return;
+        }
+        if self.idle.shared[class] > 0 {
+            self.idle.shared[class] -= 1;
+            self.idle.units[class] -= 1;
             self.hits[class] += 1;
         } else {
             self.misses[class] += 1;
         }
-        self.outstanding[class] += 1;
     }
 
-    /// A slab coming back: pooled if both caps have room, else discarded.
+    /// A slab coming back from a buffer: into the cache, onto the shared list, or freed
+    /// (discarded) when the caps have no room; Oversize slabs are always freed.
     fn release(&mut self, class: usize, cap: u64) {
         self.outstanding[class] -= 1;
-        if class == OVERSIZE
-            || cap != CLASS_CAP[class]
-            || self.idle_bytes + cap > self.s.idle_bytes
-            || self.free[class] >= self.s.idle_per_class
-        {
+        if class == OVERSIZE || cap != CLASS_CAP[class] {
             self.discarded[class] += 1;
+            return;
+        }
+        if cache_index(class).is_some_and(|k| self.give_cached(k)) {
+            return;
+        }
+        if self.reserve_unit(class) {
+            self.idle.shared[class] += 1;
         } else {
-            self.free[class] += 1;
-            self.idle_bytes += cap;
+            self.discarded[class] += 1;
         }
     }
 
@@ -593,7 +773,7 @@ impl Model {
         } else {
             CLASS_CAP[class]
         };
-        self.charge(tenant, cap)?;
+        self.charge(tenant, cap, false)?;
         self.take(class);
         self.count_soft(tenant);
         if let Some(t) = tenant {
@@ -635,7 +815,7 @@ impl Model {
             CLASS_CAP[class]
         };
         let extra = cap - o.charged;
-        self.charge(o.tenant, extra)?;
+        self.charge(o.tenant, extra, false)?;
         if class == OVERSIZE && o.class == OVERSIZE {
             self.oversize += 1; // grown in place: a new Oversize allocation, same buffer
         } else {
@@ -736,7 +916,7 @@ impl Model {
     fn drop_obj(&mut self, id: ObjId) {
         let o = self.objs.remove(&id).unwrap();
         self.release(o.class, o.cap);
-        self.debit(o.tenant, o.charged);
+        self.debit(o.tenant, o.charged, false);
         if let Some(t) = o.tenant {
             self.tenants[t].buffers -= 1;
         }
@@ -746,7 +926,7 @@ impl Model {
     fn detach(&mut self, id: ObjId) -> Obj {
         let o = self.objs.remove(&id).unwrap();
         self.outstanding[o.class] -= 1;
-        self.debit(o.tenant, o.charged);
+        self.debit(o.tenant, o.charged, false);
         if let Some(t) = o.tenant {
             self.tenants[t].buffers -= 1;
         }
@@ -754,20 +934,32 @@ impl Model {
     }
 
     fn reserve(&mut self, t: usize, bytes: u64) -> Result<(), PoolError> {
-        self.charge(Some(t), bytes)?;
+        self.charge(Some(t), bytes, true)?;
         self.count_soft(Some(t));
         self.reserved += bytes;
         Ok(())
     }
 
     fn unreserve(&mut self, t: usize, bytes: u64) {
-        self.debit(Some(t), bytes);
+        self.debit(Some(t), bytes, true);
         self.reserved -= bytes;
     }
 
+    /// Memory is real: without `max_live_bytes` to bound them, the test keeps at most
+    /// `MAX_BIG` Huge or Oversize buffers outstanding, and skips steps that would make more.
+    fn too_many_big(&self) -> bool {
+        self.s.max_live.is_none() && self.objs.values().filter(|o| o.class >= 3).count() > MAX_BIG
+    }
+
+    /// Frees every idle slab, shared or cached; the cache keeps its units.
     fn trim(&mut self) -> u64 {
-        self.free = [0; 4];
-        std::mem::take(&mut self.idle_bytes)
+        let freed = self.idle.idle_bytes();
+        for c in 0..4 {
+            self.idle.units[c] -= self.idle.shared[c];
+            self.idle.shared[c] = 0;
+        }
+        self.idle.slots = [[false; 8]; 2];
+        freed
     }
 
     fn figures(&self) -> Figures {
@@ -775,8 +967,8 @@ impl Model {
         Figures {
             hits: four(&self.hits),
             misses: four(&self.misses),
-            idle_slabs: self.free,
-            idle_bytes: self.idle_bytes,
+            idle_slabs: self.idle.idle_slabs(),
+            idle_bytes: self.idle.idle_bytes(),
             oversize_allocations: self.oversize,
             live_bytes: self.live,
             reserved_bytes: self.reserved,
@@ -1012,16 +1204,19 @@ impl World {
         let s = Setup {
             idle_per_class: knobs.idle_per_class,
             idle_bytes: knobs.idle_bytes,
+            max_live: knobs.max_live,
             ..SETUP
         };
-        let pool = BufferPool::builder()
+        let mut builder = BufferPool::builder()
             .default_tenant_soft_limit(s.default_soft)
             .max_idle_per_class(s.idle_per_class as usize)
             .max_idle_bytes(s.idle_bytes)
             .max_request_bytes(s.max_request as usize)
-            .max_live_bytes(s.max_live)
-            .zero_on_release(knobs.zero_on_release)
-            .build();
+            .zero_on_release(knobs.zero_on_release);
+        if let Some(max_live) = s.max_live {
+            builder = builder.max_live_bytes(max_live);
+        }
+        let pool = builder.build();
         let tenants: Vec<Tenant> = (0..TENANTS).map(|t| pool.tenant(&tenant_arg(t))).collect();
         for (t, tenant) in tenants.iter().enumerate() {
             assert_eq!(tenant.id(), tenant_key(t));
@@ -1116,6 +1311,9 @@ impl World {
             } => {
                 let mut next = self.model.clone();
                 let predicted = next.acquire(tenant, size);
+                if next.too_many_big() {
+                    return;
+                }
                 let handle = tenant.map(|t| self.tenant_handle(t, fresh_handle));
                 let try_acquire = || match &handle {
                     Some(t) => t.try_acquire(size),
@@ -1178,6 +1376,9 @@ impl World {
                     }
                     other => other,
                 };
+                if next.too_many_big() {
+                    return;
+                }
                 let data = vec![value; n];
                 match (via, &predicted) {
                     (Via::IoWrite, _) => {
@@ -1237,6 +1438,9 @@ impl World {
                 };
                 let mut next = self.model.clone();
                 let predicted = next.try_reserve(obj, additional);
+                if next.too_many_big() {
+                    return;
+                }
                 match (&predicted, panicking) {
                     (Ok(()), true) => buf.reserve(additional),
                     (Err(err), true) => {
@@ -1359,6 +1563,9 @@ impl World {
                 };
                 let mut next = self.model.clone();
                 let (appended, predicted) = next.read_from(obj, value, available, max);
+                if next.too_many_big() {
+                    return;
+                }
                 let data = vec![value; available];
                 let got = buf.read_from(&mut &data[..], max);
                 match (predicted, got) {
@@ -1433,6 +1640,28 @@ impl World {
                 }
                 self.model.tenants[tenant].soft = bytes;
             }
+            Op::Burst {
+                tenant,
+                size,
+                n,
+                keep,
+            } => {
+                let first = self.handles.len();
+                for _ in 0..n {
+                    let acquire = Op::Acquire {
+                        tenant,
+                        size,
+                        fallible: true,
+                        fresh_handle: false,
+                    };
+                    self.apply(step, &acquire);
+                    self.check(&format!("{ctx}: acquired"));
+                }
+                while !keep && self.handles.len() > first {
+                    self.drop_handle(first);
+                    self.check(&format!("{ctx}: dropped"));
+                }
+            }
             Op::Trim => {
                 let want = self.model.trim();
                 assert_eq!(self.pool.trim(), want, "{ctx}: trim()");
@@ -1447,6 +1676,7 @@ struct Knobs {
     zero_on_release: bool,
     idle_per_class: u64,
     idle_bytes: u64,
+    max_live: Option<u64>,
 }
 
 fn knobs_strategy() -> impl Strategy<Value = Knobs> {
@@ -1465,13 +1695,20 @@ fn knobs_strategy() -> impl Strategy<Value = Knobs> {
             (64 * KIB + 2 * 4 * KIB) as u64,
         ]
     };
-    (any::<bool>(), select(vec![1, 3, 3]), select(idle_bytes)).prop_map(
-        |(zero_on_release, idle_per_class, idle_bytes)| Knobs {
-            zero_on_release,
-            idle_per_class,
-            idle_bytes,
-        },
+    (
+        any::<bool>(),
+        select(vec![1, 3, 8, 8, 64]),
+        select(idle_bytes),
+        select(vec![SETUP.max_live, None]),
     )
+        .prop_map(
+            |(zero_on_release, idle_per_class, idle_bytes, max_live)| Knobs {
+                zero_on_release,
+                idle_per_class,
+                idle_bytes,
+                max_live,
+            },
+        )
 }
 
 fn run(knobs: Knobs, ops: &[Op]) {
@@ -1624,11 +1861,12 @@ fn model_walkthrough() {
             Op::IntoVec { target: i(2) },
         ]);
     }
-    for zero_on_release in [false, true] {
+    for (zero_on_release, max_live) in [(false, SETUP.max_live), (true, None)] {
         let knobs = Knobs {
             zero_on_release,
             idle_per_class: SETUP.idle_per_class,
             idle_bytes: SETUP.idle_bytes,
+            max_live,
         };
         run(knobs, &ops);
     }
@@ -1656,6 +1894,7 @@ fn read_from_at_end_of_file_takes_no_room() {
         zero_on_release: false,
         idle_per_class: SETUP.idle_per_class,
         idle_bytes: SETUP.idle_bytes,
+        max_live: SETUP.max_live,
     };
     run(knobs, &ops);
 }
