@@ -1695,11 +1695,16 @@ impl World {
                         fresh_handle: false,
                     };
                     self.apply(step, &acquire);
-                    self.check(Ctx::step(step, op, "acquired"));
+                    if !cfg!(miri) {
+                        self.check(Ctx::step(step, op, "acquired"));
+                    }
                 }
                 while !keep && self.handles.len() > first {
                     self.drop_handle(first);
-                    self.check(Ctx::step(step, op, "dropped"));
+                    if !cfg!(miri) {
+                        // Under Miri a snapshot costs ~0.1 s: the step's end checks the burst.
+                        self.check(Ctx::step(step, op, "dropped"));
+                    }
                 }
             }
             Op::Trim => {
@@ -1802,7 +1807,7 @@ proptest! {
     #[test]
     fn pool_matches_model(
         knobs in knobs_strategy(),
-        ops in prop::collection::vec(op_strategy(), 1..if cfg!(miri) { 40 } else { 60 }),
+        ops in prop::collection::vec(op_strategy(), 1..if cfg!(miri) { 30 } else { 60 }),
     ) {
         run(knobs, &ops);
     }
