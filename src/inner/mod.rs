@@ -523,27 +523,41 @@ impl PoolInner {
         }
     }
 
-    /// Charges the shared live figure, within `max_live_bytes` or [`MAX_SHARED_LIVE`].
+    /// Charges the shared live figure, within `max_live_bytes` (a refusal is `PoolLimit`) or
+    /// [`MAX_SHARED_LIVE`] (a refusal is `TooLarge`). A sum past `u64::MAX` is `TooLarge`
+    /// with `max: u64::MAX`.
     fn charge_shared(&self, bytes: u64) -> Result<(), PoolError> {
         let limit = self.config.max_live_bytes.unwrap_or(MAX_SHARED_LIVE);
-        try_add_bounded(&self.live, bytes, limit)
-            .map(drop)
-            .map_err(|refused| {
-                let counter = match (refused, self.config.max_live_bytes) {
-                    (ChargeRefused::Limit { .. }, Some(_)) => &self.counters.pool_limit_refusals,
-                    _ => &self.counters.too_large,
-                };
-                counter.fetch_add(1, Relaxed);
-                match (refused, self.config.max_live_bytes) {
-                    (ChargeRefused::Limit { .. }, None) | (ChargeRefused::Overflow, _) => {
-                        PoolError::TooLarge {
-                            requested: bytes,
-                            max: limit,
-                        }
-                    }
-                    (refused, Some(_)) => refused_error(refused, bytes, None, limit),
-                }
-            })
+        let refused = match try_add_bounded(&self.live, bytes, limit) {
+            Ok(_) => return Ok(()),
+            Err(refused) => refused,
+        };
+        let (counter, err) = match (refused, self.config.max_live_bytes) {
+            (ChargeRefused::Limit { live, limit }, Some(_)) => (
+                &self.counters.pool_limit_refusals,
+                PoolError::PoolLimit {
+                    requested: bytes,
+                    live,
+                    limit,
+                },
+            ),
+            (ChargeRefused::Limit { .. }, None) => (
+                &self.counters.too_large,
+                PoolError::TooLarge {
+                    requested: bytes,
+                    max: MAX_SHARED_LIVE,
+                },
+            ),
+            (ChargeRefused::Overflow, _) => (
+                &self.counters.too_large,
+                PoolError::TooLarge {
+                    requested: bytes,
+                    max: u64::MAX,
+                },
+            ),
+        };
+        counter.fetch_add(1, Relaxed);
+        Err(err)
     }
 
     /// Charges a reservation: always on the shared figure, so it is bounded and exact.
