@@ -91,3 +91,10 @@ def fmt_ns(ns):
     if ns < 1_000_000_000:
         return f"{ns / 1_000_000:.3f} ms"
     return f"{ns / 1_000_000_000:.3f} s"
+
+
+def fmt_delta(ns):
+    """A signed difference of durations, e.g. +8.2 ns or -1.31 µs."""
+    if ns is None:
+        return "n/a"
+    return ("+" if ns >= 0 else "-") + fmt_ns(abs(ns))

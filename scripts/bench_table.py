@@ -26,6 +26,7 @@ from bench_results import (  # noqa: E402
     best_peer,
     criterion_dir,
     cycle_group,
+    fmt_delta,
     fmt_ns,
     load,
     median,
@@ -75,7 +76,7 @@ def targets(res):
         g = cycle_group(cls, "64B")
         a, t = median(res, g, "axon"), median(res, g, "axon-tenant")
         d = None if a is None or t is None else t - a
-        figure = "n/a" if d is None else f"{d:+.1f} ns"
+        figure = fmt_delta(d)
         rows.append((f"{size} 64 B cycle with a tenant", "tenant − no tenant", figure, "≤ 12 ns", verdict(d, 12.0)))
 
     for cls, size in CLASSES[1:]:
@@ -144,7 +145,7 @@ def cycle_ratios(res):
                     f"`{peer}` {fmt_ns(peer_ns)}" if peer else "n/a",
                     fmt_ratio(ratio(a, peer_ns)),
                     fmt_ratio(ratio(a, median(res, g, "seed-mutex"))),
-                    "n/a" if a is None or t is None else f"{t - a:+.1f} ns",
+                    fmt_delta(None if a is None or t is None else t - a),
                 ]
             )
     return table(header, rows)
