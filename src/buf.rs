@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::num::NonZeroU64;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
@@ -58,6 +59,8 @@ pub struct PooledBuf {
     exposed: usize,
     tenant: Option<Arc<TenantAccount>>,
     pool: PoolRef,
+    /// The leak tracker's record of this buffer, when it was sampled.
+    tracked: Option<NonZeroU64>,
 }
 
 impl PooledBuf {
@@ -75,22 +78,15 @@ impl PooledBuf {
             class => class.capacity(),
         };
         let account = tenant.as_deref();
-        let tenant_live = pool.charge(account, capacity as u64)?;
-        let taken = match class {
-            PoolClass::Oversize => pool.allocate_oversize(capacity),
-            class => pool.take_slab(class),
-        };
-        let slab = match taken {
-            Ok(slab) => slab,
-            Err(err) => {
-                pool.debit(account, capacity as u64);
-                return Err(err);
-            }
-        };
+        let (slab, tenant_live) = pool.obtain(account, class, capacity)?;
         if let Some(account) = account {
             account.count_soft(tenant_live);
             account.buffer_opened();
         }
+        let tracked = match &pool.leaks {
+            None => None,
+            Some(leaks) => leaks.sample(class, capacity, account.map(TenantAccount::id)),
+        };
         Ok(PooledBuf {
             slab,
             class,
@@ -98,6 +94,7 @@ impl PooledBuf {
             exposed: 0,
             tenant,
             pool,
+            tracked,
         })
     }
 
@@ -254,6 +251,9 @@ impl PooledBuf {
         self.pool.count_promotion();
         self.class = class;
         self.charged += extra;
+        if let (Some(id), Some(leaks)) = (self.tracked, &self.pool.leaks) {
+            leaks.promoted(id, class, self.slab.capacity());
+        }
         Ok(())
     }
 
@@ -358,11 +358,19 @@ impl PooledBuf {
         let slab = std::mem::take(&mut self.slab);
         self.pool.count_detached(self.class);
         self.close();
+        self.untrack();
         slab
     }
 
     fn mark_exposed(&mut self) {
         self.exposed = self.exposed.max(self.slab.len());
+    }
+
+    /// Closes the leak tracker's record, if this buffer was sampled.
+    fn untrack(&mut self) {
+        if let (Some(id), Some(leaks)) = (self.tracked.take(), &self.pool.leaks) {
+            leaks.closed(id);
+        }
     }
 
     /// Debits the charge and the outstanding-buffer count, exactly once.
@@ -386,8 +394,13 @@ impl Drop for PooledBuf {
         if slab.capacity() == 0 {
             return; // into_vec took it and settled the accounts
         }
-        self.pool.release_slab(slab, self.class, self.exposed);
-        self.close();
+        let account = self.tenant.as_deref();
+        self.pool
+            .give_back(slab, self.class, self.exposed, account, self.charged);
+        if let Some(account) = account {
+            account.buffer_closed();
+        }
+        self.untrack();
     }
 }
 
