@@ -126,8 +126,9 @@ fn plant_secrets(pool: &BufferPool) -> (usize, usize) {
     let alice = pool.tenant("alice");
     let mut small = alice.acquire(PoolClass::Small.capacity());
     let mut medium = alice.acquire(PoolClass::Medium.capacity());
-    small.resize(small.capacity(), SECRET);
-    medium.resize(medium.capacity(), SECRET);
+    // extend_from_slice (a memcpy) rather than resize (a loop): much faster under Miri.
+    small.extend_from_slice(&vec![SECRET; small.capacity()]);
+    medium.extend_from_slice(&vec![SECRET; medium.capacity()]);
     let addrs = (small.as_ptr() as usize, medium.as_ptr() as usize);
     drop((small, medium));
     addrs

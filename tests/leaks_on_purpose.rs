@@ -82,7 +82,7 @@ fn a_forgotten_bytes_clone_pins_the_slab_after_every_other_clone_drops() {
     let pool = BufferPool::default();
     let tenant = pool.tenant("frozen");
     let mut buf = tenant.acquire(100_000);
-    buf.put_bytes(1, 100_000);
+    buf.put_bytes(1, 100);
     let bytes = buf.freeze();
     let slice = bytes.slice(5..10);
     mem::forget(bytes.clone());

@@ -271,7 +271,7 @@ fn promotion_into_a_secret_slab_shows_only_the_copied_bytes() {
     let pool = BufferPool::default();
     let alice = pool.tenant("alice");
     let mut medium = alice.acquire(PoolClass::Medium.capacity());
-    medium.resize(medium.capacity(), SECRET);
+    medium.extend_from_slice(&vec![SECRET; medium.capacity()]);
     let medium_addr = medium.as_ptr() as usize;
     drop(medium);
 
