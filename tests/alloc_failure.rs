@@ -412,3 +412,44 @@ fn figures_are_exact_after_many_failures() {
     assert_eq!(snap.tenant_live_bytes["t"], 0);
     assert!(snap.outstanding_buffers.values().all(|&n| n == 0));
 }
+
+// ---------------------------------------------------------------------------------------
+// The return path
+
+/// Runs the test `name` of this binary in a child process with `AXON_CHILD` set, for checks
+/// whose failure mode is an abort, which would take every other test of the binary down.
+fn run_in_child(name: &str) -> std::process::ExitStatus {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env("AXON_CHILD", "1")
+        .status()
+        .unwrap()
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // spawns a process
+fn a_drop_after_trim_needs_no_allocation() {
+    if std::env::var_os("AXON_CHILD").is_none() {
+        let status = run_in_child("a_drop_after_trim_needs_no_allocation");
+        assert!(
+            status.success(),
+            "dropping a buffer after trim() aborted when the allocator refused: {status}"
+        );
+        return;
+    }
+    let pool = BufferPool::default();
+    let bufs: Vec<_> = (0..3).map(|_| pool.acquire(1)).collect();
+    drop(pool.acquire(1)); // one idle slab for trim() to free
+    assert_eq!(pool.trim(), 4096);
+    let failing = fail_at_or_above(1);
+    // The return path: a push onto a free list. Drop must neither panic nor abort; with no
+    // memory for the list it may free the slab instead (and count it as discarded).
+    drop(bufs);
+    drop(failing);
+    let snap = pool.snapshot();
+    assert_eq!(snap.live_bytes, 0);
+    assert_eq!(
+        snap.idle_slabs[&PoolClass::Small] + snap.discarded_total[&PoolClass::Small],
+        3
+    );
+}
