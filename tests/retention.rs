@@ -360,14 +360,21 @@ fn trim_leaves_outstanding_buffers_alone() {
 fn trim_frees_slabs_returned_by_other_threads() {
     let pool = BufferPool::default();
     std::thread::scope(|s| {
-        for _ in 0..4 {
-            s.spawn(|| {
-                let bufs: Vec<_> = [1, 5000, 100_000]
-                    .iter()
-                    .map(|&n| pool.acquire(n))
-                    .collect();
-                drop(bufs);
-            });
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let bufs: Vec<_> = [1, 5000, 100_000]
+                        .iter()
+                        .map(|&n| pool.acquire(n))
+                        .collect();
+                    drop(bufs);
+                })
+            })
+            .collect();
+        // Join explicitly: a scope's end does not wait for the threads' thread-local
+        // destructors, which hand their caches back to the pool; `join` does.
+        for thread in threads {
+            thread.join().unwrap();
         }
     });
     let before = pool.snapshot();
