@@ -126,11 +126,13 @@ impl PooledBuf {
 
     /// Forgets the written bytes; the capacity (and the charge) stay.
     pub fn clear(&mut self) {
+        self.mark_exposed();
         self.slab.clear();
     }
 
     /// Shortens the written bytes to `len`; does nothing if `len >= self.len()`.
     pub fn truncate(&mut self, len: usize) {
+        self.mark_exposed();
         self.slab.truncate(len);
     }
 
@@ -141,8 +143,9 @@ impl PooledBuf {
     /// When growing is refused, as [`reserve`](Self::reserve) does.
     #[track_caller]
     pub fn resize(&mut self, new_len: usize, value: u8) {
-        if let Some(additional) = new_len.checked_sub(self.len()) {
-            self.reserve(additional);
+        match new_len.checked_sub(self.len()) {
+            Some(additional) => self.reserve(additional),
+            None => self.mark_exposed(), // shrinking: remember what was written
         }
         self.slab.resize(new_len, value);
         self.mark_exposed();
@@ -225,6 +228,7 @@ impl PooledBuf {
             class => class.capacity(),
         };
         let extra = (capacity as u64).saturating_sub(self.charged);
+        let exposed = self.exposed();
         let account = self.tenant.as_deref();
         let tenant_live = self.pool.charge(account, extra)?;
         let grown = if class == PoolClass::Oversize && self.class == PoolClass::Oversize {
@@ -237,7 +241,7 @@ impl PooledBuf {
             taken.map(|mut slab| {
                 slab.extend_from_slice(&self.slab);
                 let old = std::mem::replace(&mut self.slab, slab);
-                self.pool.release_slab(old, self.class, self.exposed);
+                self.pool.release_slab(old, self.class, exposed);
                 self.exposed = self.slab.len();
             })
         };
@@ -287,9 +291,9 @@ impl PooledBuf {
     pub fn read_from<R: io::Read>(&mut self, reader: &mut R, max: usize) -> io::Result<usize> {
         let mut total = 0;
         while total < max {
-            if self.len() == self.capacity() {
-                // Full: read one byte before growing, so a reader at end of file costs no
-                // promotion (and no TooLarge at `max_request_bytes`).
+            if self.spare_within_limit() == 0 {
+                // Full (or at `max_request_bytes`): read one byte before growing, so a reader
+                // at end of file costs no promotion and no TooLarge.
                 let mut probe = [0u8; 1];
                 let read = loop {
                     match reader.read(&mut probe) {
@@ -304,31 +308,26 @@ impl PooledBuf {
                 }
                 self.try_reserve(1)?;
                 self.slab.push(probe[0]);
-                self.mark_exposed();
                 total += 1;
                 continue;
             }
             let start = self.len();
-            let lent = (max - total).min(self.capacity() - start);
+            let lent = (max - total).min(self.spare_within_limit());
             self.slab.resize(start + lent, 0);
             self.mark_exposed();
-            let read = match reader.read(&mut self.slab[start..]) {
-                Ok(0) => {
-                    self.slab.truncate(start);
-                    break; // end of file
-                }
-                Ok(read) if read <= lent => read,
-                Ok(read) => {
-                    self.slab.truncate(start);
-                    return Err(lying_reader(read, lent));
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => 0,
-                Err(err) => {
-                    self.slab.truncate(start);
-                    return Err(err);
-                }
+            // Whatever happens in the reader, even a panic, the zeros lent to it go again.
+            let mut lend = Lend {
+                slab: &mut self.slab,
+                keep: start,
             };
-            self.slab.truncate(start + read);
+            let read = match reader.read(&mut lend.slab[start..]) {
+                Ok(0) => break, // end of file
+                Ok(read) if read <= lent => read,
+                Ok(read) => return Err(lying_reader(read, lent)),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => 0,
+                Err(err) => return Err(err),
+            };
+            lend.keep = start + read;
             total += read;
         }
         Ok(total)
@@ -380,7 +379,14 @@ impl PooledBuf {
     }
 
     fn mark_exposed(&mut self) {
-        self.exposed = self.exposed.max(self.slab.len());
+        self.exposed = self.exposed();
+    }
+
+    /// How many leading bytes of the slab may hold this buffer's data: the high-water mark
+    /// of lengths marked so far, and the length now (a write that panicked or promoted
+    /// midway may not have marked it yet).
+    fn exposed(&self) -> usize {
+        self.exposed.max(self.slab.len())
     }
 
     /// Closes the leak tracker's record, if this buffer was sampled.
@@ -405,6 +411,19 @@ impl PooledBuf {
     }
 }
 
+/// Zero-filled bytes lent to a reader: on drop (after the read, or while a panic unwinds
+/// through it) the slab is cut back to `keep`, the bytes the reader really wrote.
+struct Lend<'a> {
+    slab: &'a mut Vec<u8>,
+    keep: usize,
+}
+
+impl Drop for Lend<'_> {
+    fn drop(&mut self) {
+        self.slab.truncate(self.keep);
+    }
+}
+
 /// The error for a `Read` that reports more bytes than it was lent.
 fn lying_reader(read: usize, lent: usize) -> io::Error {
     io::Error::new(
@@ -420,12 +439,16 @@ impl Drop for PooledBuf {
             return; // into_vec took it and settled the accounts
         }
         let account = self.tenant.as_deref();
+        let exposed = self.exposed.max(slab.len());
         self.pool
-            .give_back(slab, self.class, self.exposed, account, self.charged);
+            .give_back(slab, self.class, exposed, account, self.charged);
         if let Some(account) = account {
             account.buffer_closed();
         }
         self.untrack();
+        if let Some(account) = self.tenant.take() {
+            self.pool.departures.leaving(&account);
+        }
     }
 }
 
@@ -482,12 +505,11 @@ impl Extend<u8> for PooledBuf {
         let iter = iter.into_iter();
         self.reserve(iter.size_hint().0);
         for byte in iter {
-            if self.len() == self.capacity() {
+            if self.spare_within_limit() == 0 {
                 self.reserve(1);
             }
             self.slab.push(byte);
         }
-        self.mark_exposed();
     }
 }
 

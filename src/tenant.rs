@@ -157,6 +157,12 @@ impl Tenant {
     }
 }
 
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        self.pool.departures.leaving(&self.account);
+    }
+}
+
 impl fmt::Debug for Tenant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tenant")
@@ -209,6 +215,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.pool.debit_reservation(&self.account, self.bytes);
+        self.pool.departures.leaving(&self.account);
     }
 }
 

@@ -74,6 +74,10 @@ fn frozen_bytes_stay_reported_until_the_last_clone_drops_and_into_vec_closes() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "capturing a backtrace needs getcwd, which Miri's isolation refuses"
+)]
 fn forgotten_buffer_is_reported_with_its_backtrace() {
     let pool = BufferPool::builder()
         .leak_tracking(1)

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use crate::leak::LeakTracker;
 use crate::snapshot::BufferPoolSnapshot;
 use crate::{PoolClass, PoolError};
-use accounts::{try_add_bounded, ChargeRefused, Registry, TenantAccount};
+use accounts::{try_add_bounded, ChargeRefused, Departures, Registry, TenantAccount};
 use cache::{bump, cached_index, LocalCache, CACHED};
 use free_list::FreeList;
 
@@ -98,6 +98,8 @@ pub(crate) struct PoolInner {
     reserved: AtomicU64,
     counters: Counters,
     tenants: Mutex<Registry>,
+    /// Accounts that may have lost their last handle since the registry last looked.
+    pub(crate) departures: Departures,
     caches: Mutex<Vec<Arc<LocalCache>>>,
     /// Sampled records of outstanding buffers, when `leak_sample_every` is set.
     pub(crate) leaks: Option<LeakTracker>,
@@ -188,6 +190,18 @@ impl PoolRef {
     /// destructor) or busy: callers then take the shared path.
     #[inline]
     fn local<R>(&self, f: impl FnOnce(&LocalCache) -> R) -> Option<R> {
+        self.with_local(true, f)
+    }
+
+    /// [`Self::local`] for return paths: never registers (which allocates), so a `Drop` on
+    /// a thread that has no cache yet takes the shared path and allocates nothing.
+    #[inline]
+    fn local_existing<R>(&self, f: impl FnOnce(&LocalCache) -> R) -> Option<R> {
+        self.with_local(false, f)
+    }
+
+    #[inline]
+    fn with_local<R>(&self, register: bool, f: impl FnOnce(&LocalCache) -> R) -> Option<R> {
         let id = self.id;
         LOCAL
             .try_with(|entries| {
@@ -196,6 +210,9 @@ impl PoolRef {
                     if let Some(entry) = entries.iter().find(|e| e.pool_id == id) {
                         return Some(f(&entry.cache));
                     }
+                }
+                if !register {
+                    return None;
                 }
                 let cache = self.register_local(entries)?;
                 Some(f(&cache))
@@ -288,7 +305,7 @@ impl PoolRef {
                     account.debit(charged);
                 }
                 let mut slab = Some(slab);
-                let done = self.local(|cache| {
+                let done = self.local_existing(|cache| {
                     bump(&cache.live, charged.wrapping_neg());
                     if let Some(slab) = slab.as_mut() {
                         slab.clear();
@@ -358,7 +375,7 @@ impl PoolRef {
         }
         let local = self.config.max_live_bytes.is_none()
             && self
-                .local(|cache| bump(&cache.live, bytes.wrapping_neg()))
+                .local_existing(|cache| bump(&cache.live, bytes.wrapping_neg()))
                 .is_some();
         if !local {
             self.live.fetch_sub(bytes, Relaxed);
@@ -387,17 +404,21 @@ impl PoolRef {
             bump(&cache.hits[k], 1);
             return Some(slab);
         }
-        // Empty: refill half the slots from the shared list under one lock.
+        // Empty: refill half the slots from the shared list under one lock. The batch's
+        // storage is reserved outside the lock, and fallibly: without it, only the one slab.
         let limit = cache.slots[k].limit();
-        let mut batch = {
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let batched = batch.try_reserve_exact(limit / 2).is_ok();
+        let slab = {
             let mut list = self.free[class.index()].lock();
-            let take = list.slabs.len().min(limit / 2 + 1);
-            let at = list.slabs.len() - take;
-            let batch = list.slabs.split_off(at);
-            list.hits += u64::from(!batch.is_empty());
-            batch
+            let slab = list.slabs.pop()?;
+            list.hits += 1;
+            if batched {
+                let at = list.slabs.len().saturating_sub(limit / 2);
+                batch.extend(list.slabs.drain(at..));
+            }
+            slab
         };
-        let slab = batch.pop()?;
         // Every slab from the list carried a unit of idle budget; keep as many units as the
         // cache now needs (the slots are empty: the moved slabs go to the first ones), give
         // back the rest.
@@ -431,7 +452,7 @@ impl PoolRef {
         }
         if let Some(k) = cached_index(class) {
             let mut slab = Some(slab);
-            self.local(|cache| self.give_cached(cache, k, class, &mut slab));
+            self.local_existing(|cache| self.give_cached(cache, k, class, &mut slab));
             // Still here: no thread-local storage, or the cache could get no budget unit.
             if let Some(slab) = slab {
                 self.give_shared(slab, class, true);
@@ -464,11 +485,24 @@ impl PoolRef {
             // Full: move the upper half to the shared list under one lock; their units go
             // with them, and the slots from `held` on stay empty.
             let keep = held / 2;
-            let mut spilled: Vec<Vec<u8>> = (keep..held).filter_map(|i| slots.pop_at(i)).collect();
-            self.release_units(class, (held - keep) - spilled.len()); // slots trim emptied
+            let mut list = self.free[class.index()].lock();
+            let room = list.slabs.try_reserve(held - keep).is_ok();
+            let mut moved = 0;
+            for i in keep..held {
+                if let Some(idle) = slots.pop_at(i) {
+                    match room {
+                        true => {
+                            list.slabs.push(idle);
+                            moved += 1;
+                        }
+                        false => drop(idle), // freed: no room on the list's storage
+                    }
+                }
+            }
+            drop(list);
+            self.release_units(class, (held - keep) - moved); // emptied or freed slots
             held = keep;
             cache.held[k].store(held, Relaxed);
-            self.free[class.index()].lock().slabs.append(&mut spilled);
         }
         if !self.reserve_unit(class) {
             *slab = Some(taken);
@@ -498,6 +532,7 @@ impl PoolInner {
                 config.max_tenants,
                 config.default_tenant_soft_limit,
             )),
+            departures: Departures::default(),
             caches: Mutex::new(Vec::new()),
             leaks: (config.leak_sample_every > 0)
                 .then(|| LeakTracker::new(config.leak_sample_every, config.leak_backtraces)),
@@ -506,44 +541,61 @@ impl PoolInner {
     }
 
     pub(crate) fn tenant_account(&self, id: &str) -> Arc<TenantAccount> {
-        self.tenants.lock().get_or_register(id)
+        self.tenants.lock().get_or_register(id, &self.departures)
     }
 
     /// Refuses a buffer of `requested` bytes above `max_request_bytes`, counting it.
     pub(crate) fn check_request(&self, requested: Option<usize>) -> Result<usize, PoolError> {
+        // No allocation can exceed isize::MAX bytes: past it a request is too large, not an
+        // allocation failure, whatever max_request_bytes says.
+        let max = self.config.max_request_bytes.min(isize::MAX as usize);
         match requested {
-            Some(n) if n <= self.config.max_request_bytes => Ok(n),
+            Some(n) if n <= max => Ok(n),
             _ => {
                 self.counters.too_large.fetch_add(1, Relaxed);
                 Err(PoolError::TooLarge {
                     requested: requested.map_or(u64::MAX, |n| n as u64),
-                    max: self.config.max_request_bytes as u64,
+                    max: max as u64,
                 })
             }
         }
     }
 
-    /// Charges the shared live figure, within `max_live_bytes` or [`MAX_SHARED_LIVE`].
+    /// Charges the shared live figure, within `max_live_bytes` (a refusal is `PoolLimit`) or
+    /// [`MAX_SHARED_LIVE`] (a refusal is `TooLarge`). A sum past `u64::MAX` is `TooLarge`
+    /// with `max: u64::MAX`.
     fn charge_shared(&self, bytes: u64) -> Result<(), PoolError> {
         let limit = self.config.max_live_bytes.unwrap_or(MAX_SHARED_LIVE);
-        try_add_bounded(&self.live, bytes, limit)
-            .map(drop)
-            .map_err(|refused| {
-                let counter = match (refused, self.config.max_live_bytes) {
-                    (ChargeRefused::Limit { .. }, Some(_)) => &self.counters.pool_limit_refusals,
-                    _ => &self.counters.too_large,
-                };
-                counter.fetch_add(1, Relaxed);
-                match (refused, self.config.max_live_bytes) {
-                    (ChargeRefused::Limit { .. }, None) | (ChargeRefused::Overflow, _) => {
-                        PoolError::TooLarge {
-                            requested: bytes,
-                            max: limit,
-                        }
-                    }
-                    (refused, Some(_)) => refused_error(refused, bytes, None, limit),
-                }
-            })
+        let refused = match try_add_bounded(&self.live, bytes, limit) {
+            Ok(_) => return Ok(()),
+            Err(refused) => refused,
+        };
+        let (counter, err) = match (refused, self.config.max_live_bytes) {
+            (ChargeRefused::Limit { live, limit }, Some(_)) => (
+                &self.counters.pool_limit_refusals,
+                PoolError::PoolLimit {
+                    requested: bytes,
+                    live,
+                    limit,
+                },
+            ),
+            (ChargeRefused::Limit { .. }, None) => (
+                &self.counters.too_large,
+                PoolError::TooLarge {
+                    requested: bytes,
+                    max: MAX_SHARED_LIVE,
+                },
+            ),
+            (ChargeRefused::Overflow, _) => (
+                &self.counters.too_large,
+                PoolError::TooLarge {
+                    requested: bytes,
+                    max: u64::MAX,
+                },
+            ),
+        };
+        counter.fetch_add(1, Relaxed);
+        Err(err)
     }
 
     /// Charges a reservation: always on the shared figure, so it is bounded and exact.
@@ -625,6 +677,15 @@ impl PoolInner {
             return;
         }
         let mut list = self.free[class.index()].lock();
+        // Never allocate infallibly on a return path: without room, the slab is freed.
+        if list.slabs.try_reserve(1).is_err() {
+            drop(list);
+            self.release_units(class, 1);
+            if from_buffer {
+                self.discard(class);
+            }
+            return;
+        }
         list.slabs.push(slab);
         list.returned += u64::from(from_buffer);
     }
@@ -713,10 +774,20 @@ impl PoolInner {
     pub(crate) fn trim(&self) -> u64 {
         let mut freed = 0;
         for class in PoolClass::non_oversize() {
-            let slabs = std::mem::take(&mut self.free[class.index()].lock().slabs);
-            self.release_units(class, slabs.len());
-            freed += slabs.len() as u64 * class.capacity() as u64;
-            drop(slabs); // outside the lock
+            // Keep the list's storage, so the next return needs no allocation.
+            let mut slabs: Vec<Vec<u8>> = Vec::new();
+            let count = {
+                let mut list = self.free[class.index()].lock();
+                let count = list.slabs.len();
+                match slabs.try_reserve_exact(count) {
+                    Ok(()) => slabs.append(&mut list.slabs), // freed outside the lock
+                    Err(_) => list.slabs.clear(),            // freed here, rarely
+                }
+                count
+            };
+            drop(slabs);
+            self.release_units(class, count);
+            freed += count as u64 * class.capacity() as u64;
         }
         let caches: Vec<Arc<LocalCache>> = self.caches.lock().clone();
         for cache in caches {
