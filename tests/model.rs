@@ -619,7 +619,7 @@ impl Model {
         if shared {
             let limit = self.s.max_live.unwrap_or(i64::MAX as u64);
             let Some(after) = self.shared_live.checked_add(bytes) else {
-                return Err(self.too_large(bytes, limit));
+                return Err(self.too_large(bytes, u64::MAX)); // the counter itself would wrap
             };
             if after > limit {
                 if self.s.max_live.is_none() {
@@ -883,15 +883,17 @@ impl Model {
     ) -> (u64, Result<(), PoolError>) {
         let (available, max) = (available as u64, max as u64);
         let mut total = 0;
+        let spare = |m: &Model| {
+            let o = &m.objs[&id];
+            o.cap.min(m.s.max_request) - o.len
+        };
         while total < max && total < available {
-            let (len, cap) = (self.objs[&id].len, self.objs[&id].cap);
-            if len == cap {
+            if spare(self) == 0 {
                 if let Err(err) = self.try_reserve(id, 1) {
                     return (total, Err(err));
                 }
             }
-            let (len, cap) = (self.objs[&id].len, self.objs[&id].cap);
-            let read = (max - total).min(cap - len).min(available - total);
+            let read = (max - total).min(spare(self)).min(available - total);
             self.append(id, value, read);
             total += read;
         }
