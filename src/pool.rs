@@ -17,9 +17,10 @@
 //!   class's hit and return counters live under the same lock.
 //! * **Caps.** `max_idle_per_class` and `max_idle_bytes` are enforced on budget *units*
 //!   reserved before a slab goes idle, in shared lists and thread caches alike, so neither
-//!   cap is ever passed, even for a moment. A thread cache keeps its units while its slots
-//!   are empty (the next push then needs no shared atomic) and returns them when its
-//!   thread exits; so a cache may hold budget with no memory behind it.
+//!   cap is ever passed, even for a moment. A thread cache keeps at most one unit beyond its
+//!   idle slabs (so the next push of the common acquire/drop cycle needs no shared atomic),
+//!   gives the rest back as it empties, and returns all when its thread exits; so a thread
+//!   that takes buffers for other threads to drop does not hoard their idle budget.
 //! * **Charges.** Tenant live bytes are one atomic per tenant, updated by a compare-and-swap
 //!   loop that refuses a charge past the hard limit or `u64::MAX`. The pool's live bytes of
 //!   buffers are counted per thread (no locked instruction) and summed by `snapshot`;

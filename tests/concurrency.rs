@@ -139,3 +139,39 @@ fn trim_and_snapshot_run_while_threads_work() {
     });
     assert_eq!(pool.snapshot().live_bytes, 0);
 }
+
+/// Producers that hand their buffers to a consumer must not sit on the idle budget: each
+/// producer's cache keeps at most one spare unit, so the consumer's returns are pooled.
+#[test]
+fn producers_do_not_hoard_idle_budget_for_a_consumer() {
+    let pool = BufferPool::default(); // 64 idle Small slabs at most
+    let (tx, rx) = mpsc::channel::<axon_buffer::PooledBuf>();
+    let produced = std::sync::Barrier::new(9);
+    let consumed = std::sync::Barrier::new(9);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            let tx = tx.clone();
+            let (pool, produced, consumed) = (&pool, &produced, &consumed);
+            s.spawn(move || {
+                // Fill this thread's cache, then take everything out of it again.
+                drop((0..8).map(|_| pool.acquire(100)).collect::<Vec<_>>());
+                for _ in 0..8 {
+                    tx.send(pool.acquire(100)).unwrap();
+                }
+                drop(tx);
+                produced.wait();
+                consumed.wait(); // stay alive: the cache exists while the consumer drops
+            });
+        }
+        drop(tx);
+        produced.wait();
+        let bufs: Vec<_> = rx.iter().collect();
+        assert_eq!(bufs.len(), 64);
+        drop(bufs); // on this thread, which has no cache
+        let snap = pool.snapshot();
+        // Each producer keeps one spare unit: 64 - 8 are left for the consumer's returns.
+        assert_eq!(snap.idle_slabs[&PoolClass::Small], 56);
+        assert_eq!(snap.discarded_total[&PoolClass::Small], 8);
+        consumed.wait();
+    });
+}

@@ -8,8 +8,8 @@
 //! cache-slot and budget-unit counts, and its own charge rules. It uses the crate's public
 //! names only to read figures. Where DESIGN.md leaves room, it follows what the crate
 //! documents: the thread cache in front of the Small and Medium lists (pool.rs, "Thread
-//! caches" and "Caps": 8 and 4 slots, refill half, spill half, units kept while slots are
-//! empty), and the shared live figure that bounds reservations (and every charge of a pool
+//! caches" and "Caps": 8 and 4 slots, refill half, spill half, at most one unit kept beyond
+//! the idle slabs), and the shared live figure that bounds reservations (and every charge of a pool
 //! with `max_live_bytes`).
 //!
 //! Memory is real, so sizes stay cheap: big slabs are allocated but only touched by writes
@@ -680,6 +680,21 @@ impl Model {
         if let Some(i) = (0..held).find(|&i| self.idle.slots[k][i]) {
             self.idle.slots[k][i] = false;
             self.hits[k] += 1;
+            // At most one unit beyond the idle slabs: slabs above move down into the first
+            // free slots, in order, and the spare units go back.
+            let filled = self.idle.slots[k].iter().filter(|&&f| f).count();
+            let keep = filled + 1;
+            if held > keep {
+                for j in keep..held {
+                    if self.idle.slots[k][j] {
+                        self.idle.slots[k][j] = false;
+                        let free = (0..keep).find(|&f| !self.idle.slots[k][f]).unwrap();
+                        self.idle.slots[k][free] = true;
+                    }
+                }
+                self.idle.held[k] = keep;
+                self.idle.units[k] -= (held - keep) as u64;
+            }
             return true;
         }
         let take = self.idle.shared[k].min(CACHE_SLOTS[k] as u64 / 2 + 1) as usize;
@@ -689,9 +704,8 @@ impl Model {
         self.idle.shared[k] -= take as u64;
         self.hits[k] += 1;
         let moved = take - 1;
-        let keep = held.max(moved);
-        self.idle.held[k] = keep;
-        self.idle.units[k] -= (held + moved + 1 - keep) as u64;
+        self.idle.held[k] = moved + 1;
+        self.idle.units[k] -= held as u64;
         for slot in &mut self.idle.slots[k][..moved] {
             *slot = true;
         }

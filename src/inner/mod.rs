@@ -402,6 +402,9 @@ impl PoolRef {
         let held = cache.held[k].load(Relaxed);
         if let Some(slab) = cache.slots[k].pop(held) {
             bump(&cache.hits[k], 1);
+            if held > 1 {
+                self.shrink_held(cache, k, class, held);
+            }
             return Some(slab);
         }
         // Empty: refill half the slots from the shared list under one lock. The batch's
@@ -422,16 +425,40 @@ impl PoolRef {
         // Every slab from the list carried a unit of idle budget; keep as many units as the
         // cache now needs (the slots are empty: the moved slabs go to the first ones), give
         // back the rest.
+        // Keep the moved slabs' units plus one spare (for the buffer now leaving); give back
+        // the units the empty slots held, and the rest.
         let moved = batch.len();
-        let keep = held.max(moved);
+        let keep = moved + 1;
         cache.held[k].store(keep, Relaxed);
-        self.release_units(class, held + moved + 1 - keep);
+        self.release_units(class, held);
         for idle in batch {
             if let Err(idle) = cache.slots[k].push(keep, idle) {
                 self.give_shared(idle, class, false); // cannot happen: moved <= keep free slots
             }
         }
         Some(slab)
+    }
+
+    /// Keeps at most one unit beyond the cache's idle slabs: a thread that takes buffers
+    /// and lets other threads drop them must not sit on idle budget those threads' returns
+    /// need. The one spare keeps the common acquire/drop cycle free of shared atomics.
+    /// Slabs above the new bound move down, so slots from `held` on stay empty.
+    #[cold]
+    fn shrink_held(&self, cache: &LocalCache, k: usize, class: PoolClass, held: usize) {
+        let slots = &cache.slots[k];
+        let keep = slots.filled() + 1;
+        if held <= keep {
+            return;
+        }
+        for i in keep..held {
+            if let Some(idle) = slots.pop_at(i) {
+                // Cannot fail: fewer than `keep` slabs remain below `keep`. If it did, the
+                // slab is freed and its unit goes with the others below.
+                let _ = slots.push(keep, idle);
+            }
+        }
+        cache.held[k].store(keep, Relaxed);
+        self.release_units(class, held - keep);
     }
 
     /// Takes back a slab whose buffer is gone: into this thread's cache, onto its class's
