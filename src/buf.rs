@@ -1,0 +1,551 @@
+//! [`PooledBuf`]: a slab on loan from a pool, returned by `Drop`.
+
+use std::fmt;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use bytes::buf::UninitSlice;
+use bytes::{BufMut, Bytes};
+
+use crate::inner::accounts::TenantAccount;
+use crate::inner::PoolRef;
+use crate::{PoolClass, PoolError};
+
+/// A byte buffer on loan from a [`BufferPool`](crate::BufferPool): write into it, read it
+/// through `Deref<Target = [u8]>`, freeze it into [`Bytes`], and drop it. Dropping the last
+/// owner returns the slab to its class's free list and debits the tenant.
+///
+/// A new buffer is empty (`len() == 0`) with the capacity of its class. It derefs to exactly
+/// the bytes written so far, never to uninitialised memory or to an earlier user's data.
+/// Writing past its capacity *promotes* it: it takes a slab of the class that fits, copies
+/// the bytes over and returns the old slab; past 10 MiB it becomes
+/// [`Oversize`](PoolClass::Oversize) and grows by doubling, so writing N bytes costs O(N).
+///
+/// `PooledBuf` is `Send + Sync + 'static`: it may be moved to and dropped on any thread.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::Write;
+/// use axon_buffer::{BufferPool, PoolClass};
+///
+/// let pool = BufferPool::default();
+/// let mut buf = pool.tenant("acme").acquire(1024);
+/// assert_eq!(buf.class(), PoolClass::Small);
+/// buf.extend_from_slice(b"frame header ");
+/// write!(buf, "{}", 42)?;
+/// assert_eq!(&buf[..], b"frame header 42");
+///
+/// let frozen = buf.freeze(); // no copy
+/// let header = frozen.slice(0..5);
+/// drop(frozen);
+/// assert_eq!(&header[..], b"frame");
+/// assert_eq!(pool.snapshot().tenant_live_bytes["acme"], 4096); // the slice pins the slab
+/// drop(header);
+/// assert_eq!(pool.snapshot().live_bytes, 0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[must_use = "dropping a PooledBuf returns its slab at once"]
+pub struct PooledBuf {
+    /// `len()` is the written length. Its capacity is the class's (or the Oversize size);
+    /// it is 0 only after `into_vec` moved the slab out.
+    slab: Vec<u8>,
+    class: PoolClass,
+    /// Bytes charged to the pool and the tenant, debited exactly on drop.
+    charged: u64,
+    /// High-water mark of bytes that may hold user data, for `zero_on_release`.
+    exposed: usize,
+    tenant: Option<Arc<TenantAccount>>,
+    pool: PoolRef,
+}
+
+impl PooledBuf {
+    /// The one way a buffer comes to be: refuse oversized requests, charge, then take the
+    /// slab, undoing the charge if the allocator refuses.
+    pub(crate) fn try_new(
+        pool: PoolRef,
+        tenant: Option<Arc<TenantAccount>>,
+        requested: usize,
+    ) -> Result<PooledBuf, PoolError> {
+        let requested = pool.check_request(Some(requested))?;
+        let class = PoolClass::for_size(requested);
+        let capacity = match class {
+            PoolClass::Oversize => requested,
+            class => class.capacity(),
+        };
+        let account = tenant.as_deref();
+        let tenant_live = pool.charge(account, capacity as u64)?;
+        let taken = match class {
+            PoolClass::Oversize => pool.allocate_oversize(capacity),
+            class => pool.take_slab(class),
+        };
+        let slab = match taken {
+            Ok(slab) => slab,
+            Err(err) => {
+                pool.debit(account, capacity as u64);
+                return Err(err);
+            }
+        };
+        if let Some(account) = account {
+            account.count_soft(tenant_live);
+            account.buffer_opened();
+        }
+        Ok(PooledBuf {
+            slab,
+            class,
+            charged: capacity as u64,
+            exposed: 0,
+            tenant,
+            pool,
+        })
+    }
+
+    /// The size class of the slab this buffer holds now (it changes when a write promotes it).
+    pub fn class(&self) -> PoolClass {
+        self.class
+    }
+
+    /// The id of the tenant this buffer is charged to, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref().map(TenantAccount::id)
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// Whether nothing has been written (or everything was cleared).
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Bytes this buffer can hold before a write promotes it: its class's capacity, or its
+    /// allocated size when Oversize.
+    pub fn capacity(&self) -> usize {
+        self.slab.capacity()
+    }
+
+    /// Forgets the written bytes; the capacity (and the charge) stay.
+    pub fn clear(&mut self) {
+        self.slab.clear();
+    }
+
+    /// Shortens the written bytes to `len`; does nothing if `len >= self.len()`.
+    pub fn truncate(&mut self, len: usize) {
+        self.slab.truncate(len);
+    }
+
+    /// Resizes the written bytes to `new_len`, filling new bytes with `value`.
+    ///
+    /// # Panics
+    ///
+    /// When growing is refused, as [`reserve`](Self::reserve) does.
+    #[track_caller]
+    pub fn resize(&mut self, new_len: usize, value: u8) {
+        if let Some(additional) = new_len.checked_sub(self.len()) {
+            self.reserve(additional);
+        }
+        self.slab.resize(new_len, value);
+        self.mark_exposed();
+    }
+
+    /// Appends `data`, promoting the buffer once if it does not fit.
+    ///
+    /// # Panics
+    ///
+    /// When growing is refused, as [`reserve`](Self::reserve) does.
+    #[track_caller]
+    pub fn extend_from_slice(&mut self, data: &[u8]) {
+        self.reserve(data.len());
+        self.slab.extend_from_slice(data);
+        self.mark_exposed();
+    }
+
+    /// Makes room for at least `additional` more bytes, promoting the buffer to the class
+    /// that fits `len() + additional` (or growing it as Oversize) when needed.
+    ///
+    /// # Panics
+    ///
+    /// When [`try_reserve`](Self::try_reserve) would return an error: the request passes
+    /// `max_request_bytes`, a hard limit refuses the charge, or the allocator fails. The
+    /// message names `try_reserve`, the fallible form.
+    #[track_caller]
+    pub fn reserve(&mut self, additional: usize) {
+        if let Err(err) = self.try_reserve(additional) {
+            panic!(
+                "axon-buffer: {err} (use PooledBuf::try_reserve to handle this without panicking)"
+            );
+        }
+    }
+
+    /// Makes room for at least `additional` more bytes, or says why not. On error the buffer,
+    /// its charge and every figure of the pool (but the refusal counters) are unchanged.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::TooLarge`] past `max_request_bytes` or on overflow,
+    /// [`PoolError::TenantHardLimit`] / [`PoolError::PoolLimit`] when a limit refuses the
+    /// extra charge, [`PoolError::AllocFailed`] when the allocator refuses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::{BufferPool, PoolClass, PoolError};
+    ///
+    /// let pool = BufferPool::default();
+    /// let tenant = pool.tenant("capped");
+    /// tenant.set_hard_limit(Some(64 * 1024));
+    /// let mut buf = tenant.acquire(100);
+    /// buf.try_reserve(10_000)?; // Small -> Medium: 60 KiB more, within the limit
+    /// assert_eq!(buf.class(), PoolClass::Medium);
+    /// let err = buf.try_reserve(100_000).unwrap_err();
+    /// assert!(matches!(err, PoolError::TenantHardLimit { .. }));
+    /// assert_eq!(buf.class(), PoolClass::Medium);
+    /// # Ok::<(), PoolError>(())
+    /// ```
+    pub fn try_reserve(&mut self, additional: usize) -> Result<(), PoolError> {
+        let needed = self.len().checked_add(additional);
+        if let Some(needed) = needed {
+            if needed <= self.capacity() && needed <= self.pool.config.max_request_bytes {
+                return Ok(());
+            }
+        }
+        let needed = self.pool.check_request(needed)?;
+        self.promote(needed)
+    }
+
+    /// Moves the buffer to a slab that holds `needed` bytes, charging the difference first.
+    fn promote(&mut self, needed: usize) -> Result<(), PoolError> {
+        let class = PoolClass::for_size(needed);
+        let capacity = match class {
+            PoolClass::Oversize => self
+                .capacity()
+                .saturating_mul(2)
+                .min(self.pool.config.max_request_bytes)
+                .max(needed),
+            class => class.capacity(),
+        };
+        let extra = (capacity as u64).saturating_sub(self.charged);
+        let account = self.tenant.as_deref();
+        let tenant_live = self.pool.charge(account, extra)?;
+        let grown = if class == PoolClass::Oversize && self.class == PoolClass::Oversize {
+            self.pool.grow_oversize(&mut self.slab, capacity)
+        } else {
+            let taken = match class {
+                PoolClass::Oversize => self.pool.allocate_oversize(capacity),
+                class => self.pool.take_slab(class),
+            };
+            taken.map(|mut slab| {
+                slab.extend_from_slice(&self.slab);
+                let old = std::mem::replace(&mut self.slab, slab);
+                self.pool.release_slab(old, self.class, self.exposed);
+                self.exposed = self.slab.len();
+            })
+        };
+        if let Err(err) = grown {
+            self.pool.debit(account, extra);
+            return Err(err);
+        }
+        if let Some(account) = account {
+            account.count_soft(tenant_live);
+        }
+        self.pool.count_promotion();
+        self.class = class;
+        self.charged += extra;
+        Ok(())
+    }
+
+    /// Reads from `reader` until `max` bytes were appended or it reports end of file;
+    /// returns how many bytes were appended. Retries on [`io::ErrorKind::Interrupted`].
+    ///
+    /// The reader is lent only zero-filled memory (never stale bytes of an earlier user),
+    /// and a reader that reports more bytes than it was lent is refused with
+    /// [`io::ErrorKind::InvalidData`]. On an error, what earlier reads of this call appended
+    /// stays in the buffer.
+    ///
+    /// # Errors
+    ///
+    /// The reader's errors, and a [`PoolError`] (wrapped in [`io::Error`]) when the buffer
+    /// cannot grow to take more.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::BufferPool;
+    ///
+    /// let pool = BufferPool::default();
+    /// let mut buf = pool.acquire(16);
+    /// let mut frame: &[u8] = b"hello, world";
+    /// assert_eq!(buf.read_from(&mut frame, 5)?, 5);
+    /// assert_eq!(&buf[..], b"hello");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn read_from<R: io::Read>(&mut self, reader: &mut R, max: usize) -> io::Result<usize> {
+        let mut total = 0;
+        while total < max {
+            if self.len() == self.capacity() {
+                self.try_reserve(1)?;
+            }
+            let start = self.len();
+            let lent = (max - total).min(self.capacity() - start);
+            self.slab.resize(start + lent, 0);
+            self.mark_exposed();
+            let read = match reader.read(&mut self.slab[start..]) {
+                Ok(0) => {
+                    self.slab.truncate(start);
+                    break; // end of file
+                }
+                Ok(read) if read <= lent => read,
+                Ok(read) => {
+                    self.slab.truncate(start);
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("reader reported {read} bytes read into a {lent}-byte buffer"),
+                    ));
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => 0,
+                Err(err) => {
+                    self.slab.truncate(start);
+                    return Err(err);
+                }
+            };
+            self.slab.truncate(start + read);
+            total += read;
+        }
+        Ok(total)
+    }
+
+    /// Turns the buffer into [`Bytes`] without copying: the `Bytes` points at the slab, and
+    /// clones and slices share it. The slab returns to the pool (and the tenant is debited)
+    /// when the last clone or slice drops, on whatever thread.
+    ///
+    /// A small slice pins the whole slab and its charge until it drops. Turning the `Bytes`
+    /// back into `BytesMut` or `Vec` copies.
+    ///
+    /// # Panics
+    ///
+    /// Only if the allocator cannot provide the small owner box that
+    /// [`Bytes::from_owner`] makes, in which case the process aborts, as for any allocation
+    /// through the global allocator; this is the one path of the crate that can abort on
+    /// out-of-memory.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::BufferPool;
+    ///
+    /// let pool = BufferPool::default();
+    /// let mut buf = pool.acquire(5);
+    /// buf.extend_from_slice(b"hello");
+    /// let ptr = buf.as_ptr();
+    /// let bytes = buf.freeze();
+    /// assert_eq!(bytes.as_ptr(), ptr); // zero copy
+    /// let clone = bytes.clone();
+    /// drop(bytes);
+    /// assert_eq!(pool.snapshot().live_bytes, 4096);
+    /// drop(clone);
+    /// assert_eq!(pool.snapshot().live_bytes, 0);
+    /// ```
+    pub fn freeze(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+
+    /// Takes the bytes out of the pool for good, without copying: the tenant and the pool
+    /// are debited now, and the slab never comes back.
+    pub fn into_vec(mut self) -> Vec<u8> {
+        let slab = std::mem::take(&mut self.slab);
+        self.pool.count_detached(self.class);
+        self.close();
+        slab
+    }
+
+    fn mark_exposed(&mut self) {
+        self.exposed = self.exposed.max(self.slab.len());
+    }
+
+    /// Debits the charge and the outstanding-buffer count, exactly once.
+    fn close(&mut self) {
+        let account = self.tenant.as_deref();
+        self.pool.debit(account, std::mem::take(&mut self.charged));
+        if let Some(account) = account {
+            account.buffer_closed();
+        }
+    }
+
+    /// The longest chunk `chunk_mut` may lend: the spare capacity, within `max_request_bytes`.
+    fn spare_within_limit(&self) -> usize {
+        (self.capacity() - self.len()).min(self.remaining_mut())
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let slab = std::mem::take(&mut self.slab);
+        if slab.capacity() == 0 {
+            return; // into_vec took it and settled the accounts
+        }
+        self.pool.release_slab(slab, self.class, self.exposed);
+        self.close();
+    }
+}
+
+impl Deref for PooledBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.slab
+    }
+}
+
+impl DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.slab
+    }
+}
+
+impl AsRef<[u8]> for PooledBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.slab
+    }
+}
+
+impl AsMut<[u8]> for PooledBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.slab
+    }
+}
+
+impl fmt::Debug for PooledBuf {
+    /// Shows the class, length, capacity and tenant; never the contents.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledBuf")
+            .field("class", &self.class)
+            .field("len", &self.len())
+            .field("capacity", &self.capacity())
+            .field("tenant", &self.tenant())
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<PooledBuf> for Bytes {
+    /// Same as [`PooledBuf::freeze`]: no copy.
+    fn from(buf: PooledBuf) -> Bytes {
+        buf.freeze()
+    }
+}
+
+impl Extend<u8> for PooledBuf {
+    /// # Panics
+    ///
+    /// When growing is refused, as [`PooledBuf::reserve`] does.
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        let iter = iter.into_iter();
+        self.reserve(iter.size_hint().0);
+        for byte in iter {
+            if self.len() == self.capacity() {
+                self.reserve(1);
+            }
+            self.slab.push(byte);
+        }
+        self.mark_exposed();
+    }
+}
+
+impl<'a> Extend<&'a u8> for PooledBuf {
+    /// # Panics
+    ///
+    /// When growing is refused, as [`PooledBuf::reserve`] does.
+    fn extend<I: IntoIterator<Item = &'a u8>>(&mut self, iter: I) {
+        self.extend(iter.into_iter().copied());
+    }
+}
+
+impl io::Write for PooledBuf {
+    /// Appends all of `data`, or nothing: a refused promotion is returned as an
+    /// [`io::Error`] wrapping the [`PoolError`] (kind `OutOfMemory` for an allocation
+    /// failure). Never panics.
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.try_reserve(data.len())?;
+        self.slab.extend_from_slice(data);
+        self.mark_exposed();
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+// SAFETY: (the trait is unsafe because callers of `advance_mut` rely on `chunk_mut` and
+// `remaining_mut` being truthful.) 1. `chunk_mut` lends only the slab's spare capacity, bounded
+// by `remaining_mut`, so every byte it lends is inside the allocation. 2. `advance_mut` asserts
+// that `cnt` fits in the same bound before moving the length, so the length never passes the
+// capacity. 3. `remaining_mut` is `max_request_bytes - len`, and growth beyond the capacity goes
+// through `try_reserve`, which keeps the slab's contents and accounting consistent.
+unsafe impl BufMut for PooledBuf {
+    /// `max_request_bytes - len()`: how far the buffer may grow.
+    fn remaining_mut(&self) -> usize {
+        self.pool
+            .config
+            .max_request_bytes
+            .saturating_sub(self.len())
+    }
+
+    /// # Panics
+    ///
+    /// When `cnt` is more than the chunk `chunk_mut` lends.
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        let lendable = self.spare_within_limit();
+        assert!(
+            cnt <= lendable,
+            "advance_mut({cnt}) past the {lendable} bytes chunk_mut lends"
+        );
+        // SAFETY: 1. `cnt <= capacity - len` (asserted above), so the new length stays within
+        // the allocation. 2. The caller of this unsafe fn guarantees the first `cnt` bytes of
+        // the chunk `chunk_mut` lent (which starts at `len`) were initialised. So every byte
+        // below the new length is initialised, as `Vec::set_len` requires.
+        unsafe { self.slab.set_len(self.slab.len() + cnt) };
+        self.mark_exposed();
+    }
+
+    /// Lends the spare capacity, promoting the buffer first when it is full.
+    ///
+    /// # Panics
+    ///
+    /// When the buffer is full and promotion is refused (a hard limit, `max_live_bytes`, or
+    /// the allocator): an empty chunk would make `put_slice` loop forever, so this is a
+    /// deliberate exception to `BufMut`'s "should not panic". Call
+    /// [`PooledBuf::try_reserve`] first and hand `(&mut buf).limit(n)` to generic writers.
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        if self.len() == self.capacity() && self.remaining_mut() > 0 {
+            self.reserve(1);
+        }
+        let lend = self.spare_within_limit();
+        let start = self.len();
+        self.exposed = self.exposed.max(start + lend);
+        UninitSlice::uninit(&mut self.slab.spare_capacity_mut()[..lend])
+    }
+
+    /// Appends all of `src`, promoting once if needed.
+    ///
+    /// # Panics
+    ///
+    /// When growing is refused, as [`PooledBuf::reserve`] does (including past
+    /// `remaining_mut`).
+    fn put_slice(&mut self, src: &[u8]) {
+        self.extend_from_slice(src);
+    }
+
+    /// Appends `cnt` copies of `val`, promoting once if needed.
+    ///
+    /// # Panics
+    ///
+    /// When growing is refused, as [`PooledBuf::reserve`] does.
+    fn put_bytes(&mut self, val: u8, cnt: usize) {
+        self.reserve(cnt);
+        self.slab.resize(self.len() + cnt, val);
+        self.mark_exposed();
+    }
+}

@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod buf;
+mod class;
+mod error;
+mod inner;
+mod pool;
+mod snapshot;
+mod tenant;
+
+pub use buf::PooledBuf;
+pub use class::PoolClass;
+pub use error::PoolError;
+pub use inner::accounts::{MAX_TENANT_ID_LEN, OVERFLOW_TENANT_ID};
+pub use pool::{BufferPool, BufferPoolBuilder};
+pub use snapshot::BufferPoolSnapshot;
+pub use tenant::{Reservation, Tenant};

@@ -1,0 +1,276 @@
+//! [`BufferPool`]: the handle that creates buffers, its builder, and the process-global pool.
+//!
+//! # Design
+//!
+//! * **Classes.** Four pooled size classes (4 KiB, 64 KiB, 1 MiB, 10 MiB), each with its own
+//!   free list of slabs of exactly the class's capacity, and an Oversize path allocated to
+//!   size and never pooled (the seed's table).
+//! * **Free lists.** One `parking_lot::Mutex<Vec<Vec<u8>>>` per class, held only for a pop or
+//!   a push; allocation, copying and zeroing happen outside it. The class's hit and return
+//!   counters live under the same lock, so they cost no extra atomic operation. Chosen over
+//!   sharded or lock-free lists until a benchmark shows the mutex is the cost (STYLE.md).
+//! * **Caps.** `max_idle_per_class` bounds each list; `max_idle_bytes` bounds idle memory
+//!   across classes through one atomic budget reserved *before* a push, so the cap is never
+//!   passed, even for a moment.
+//! * **Charges.** Live bytes (pool and tenant) are atomics updated with a compare-and-swap
+//!   loop that refuses a charge past a limit or past `u64::MAX`, so limits hold exactly under
+//!   any interleaving and counters never wrap. A request is charged *before* its slab is
+//!   taken and the charge is undone if the allocator refuses, so a refused request moves no
+//!   hit, miss, idle or live figure.
+//! * **Orderings.** Every counter is `Relaxed`: none publishes memory (the slabs travel
+//!   through the mutexes or by ownership), and each figure is exact on its own.
+//! * **Handles.** Buffers of the global pool refer to it by `&'static` (no reference count);
+//!   buffers of other pools hold an `Arc` of the shared state, so they are `'static` and keep
+//!   their pool alive.
+//!
+//! Benchmark figures for this design are in the README's Performance section and
+//! `benches/README.md`.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use crate::inner::{Config, PoolInner, PoolRef};
+use crate::{BufferPoolSnapshot, PoolError, PooledBuf, Tenant};
+
+static GLOBAL_INNER: OnceLock<PoolInner> = OnceLock::new();
+static GLOBAL: OnceLock<BufferPool> = OnceLock::new();
+
+/// A pool of byte buffers in four size classes, with per-tenant accounting.
+///
+/// `BufferPool` is a cheap handle: clones share the same free lists, counters and tenants.
+/// Most programs use the process-wide [`BufferPool::global`]; tests and embedders that want
+/// isolated figures build their own with [`BufferPool::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use axon_buffer::{BufferPool, PoolClass};
+///
+/// let pool = BufferPool::builder().max_idle_per_class(8).build();
+/// let buf = pool.acquire(100_000);
+/// assert_eq!(buf.class(), PoolClass::Large);
+/// drop(buf); // back on the Large free list
+/// let again = pool.acquire(200_000);
+/// assert_eq!(pool.snapshot().pool_hits[&PoolClass::Large], 1);
+/// # drop(again);
+/// ```
+#[derive(Clone)]
+pub struct BufferPool {
+    inner: PoolRef,
+}
+
+impl BufferPool {
+    /// A pool with the given default soft limit per tenant, in bytes, and every other knob at
+    /// its default (see [`BufferPoolBuilder`]).
+    pub fn new(default_tenant_soft_limit_bytes: u64) -> Self {
+        Self::builder()
+            .default_tenant_soft_limit(default_tenant_soft_limit_bytes)
+            .build()
+    }
+
+    /// A builder for every knob of a pool.
+    pub fn builder() -> BufferPoolBuilder {
+        BufferPoolBuilder {
+            config: Config::default(),
+        }
+    }
+
+    /// The process-wide pool: created with the default configuration on first use, unless
+    /// [`BufferPoolBuilder::build_global`] configured it first. Its buffers refer to it by a
+    /// `'static` reference, so they bump no reference count.
+    pub fn global() -> &'static BufferPool {
+        GLOBAL.get_or_init(|| BufferPool {
+            inner: PoolRef::Static(GLOBAL_INNER.get_or_init(|| PoolInner::new(Config::default()))),
+        })
+    }
+
+    /// A buffer of at least `requested` bytes, charged to no tenant.
+    ///
+    /// # Panics
+    ///
+    /// When [`try_acquire`](Self::try_acquire) would return an error; the message names
+    /// `try_acquire`.
+    #[track_caller]
+    pub fn acquire(&self, requested: usize) -> PooledBuf {
+        match self.try_acquire(requested) {
+            Ok(buf) => buf,
+            Err(err) => panic!(
+                "axon-buffer: {err} (use BufferPool::try_acquire to handle this without panicking)"
+            ),
+        }
+    }
+
+    /// A buffer of at least `requested` bytes charged to no tenant, or why not.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::TooLarge`] above `max_request_bytes`, [`PoolError::PoolLimit`] past
+    /// `max_live_bytes`, [`PoolError::AllocFailed`] when the allocator refuses. Nothing is
+    /// charged on error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::{BufferPool, PoolError};
+    ///
+    /// let pool = BufferPool::builder().max_request_bytes(1 << 20).build();
+    /// assert!(matches!(pool.try_acquire(2 << 20), Err(PoolError::TooLarge { .. })));
+    /// assert_eq!(pool.snapshot().too_large_total, 1);
+    /// ```
+    pub fn try_acquire(&self, requested: usize) -> Result<PooledBuf, PoolError> {
+        PooledBuf::try_new(self.inner.clone(), None, requested)
+    }
+
+    /// The handle of tenant `id`, registering it on first use.
+    ///
+    /// Ids longer than [`MAX_TENANT_ID_LEN`](crate::MAX_TENANT_ID_LEN), and new ids once
+    /// `max_tenants` accounts are tracked and none can be evicted, get the overflow tenant
+    /// ([`Tenant::is_overflow`]). An account with no live bytes, no outstanding buffer, no
+    /// handle and no limit set by hand may be evicted to make room; its counters go with it.
+    ///
+    /// This takes a lock and a map lookup: keep the handle for the hot path.
+    pub fn tenant(&self, id: &str) -> Tenant {
+        Tenant::new(self.inner.clone(), self.inner.tenant_account(id))
+    }
+
+    /// Sets tenant `id`'s soft limit, registering it if needed (the seed's override).
+    pub fn set_tenant_soft_limit(&self, id: &str, soft_limit_bytes: u64) {
+        self.inner
+            .tenant_account(id)
+            .set_soft_limit(soft_limit_bytes);
+    }
+
+    /// Every figure of the pool now.
+    pub fn snapshot(&self) -> BufferPoolSnapshot {
+        self.inner.snapshot()
+    }
+
+    /// Frees every idle slab (they go back to the allocator) and returns the bytes freed.
+    /// Outstanding buffers are untouched.
+    pub fn trim(&self) -> u64 {
+        self.inner.trim()
+    }
+
+    /// Bytes charged now by outstanding buffers and reservations (one atomic load; cheaper
+    /// than a snapshot).
+    pub fn live_bytes(&self) -> u64 {
+        self.inner.live_bytes()
+    }
+}
+
+impl Default for BufferPool {
+    /// A pool with a 256 MiB default soft limit per tenant, as the seed.
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferPool")
+            .field("global", &matches!(self.inner, PoolRef::Static(_)))
+            .field("config", &self.inner.config)
+            .field("live_bytes", &self.live_bytes())
+            .finish()
+    }
+}
+
+/// Configures a [`BufferPool`]; every knob has the default named in its method.
+///
+/// # Examples
+///
+/// ```
+/// use axon_buffer::BufferPool;
+///
+/// let pool = BufferPool::builder()
+///     .default_tenant_soft_limit(64 << 20)
+///     .max_idle_per_class(16)
+///     .max_idle_bytes(128 << 20)
+///     .max_tenants(1000)
+///     .max_request_bytes(256 << 20)
+///     .max_live_bytes(1 << 30)
+///     .zero_on_release(true)
+///     .build();
+/// # drop(pool);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until build() or build_global()"]
+pub struct BufferPoolBuilder {
+    config: Config,
+}
+
+impl BufferPoolBuilder {
+    /// Soft limit for tenants that have none set by hand. Default 256 MiB.
+    pub fn default_tenant_soft_limit(mut self, bytes: u64) -> Self {
+        self.config.default_tenant_soft_limit = bytes;
+        self
+    }
+
+    /// Most slabs kept idle per class; a slab returned to a full list is freed and counted
+    /// in `discarded_total`. Default 64, as the seed.
+    pub fn max_idle_per_class(mut self, slabs: usize) -> Self {
+        self.config.max_idle_per_class = slabs;
+        self
+    }
+
+    /// Most bytes kept idle across all classes. Default 256 MiB (64 idle 10 MiB slabs would
+    /// otherwise pin 640 MiB).
+    pub fn max_idle_bytes(mut self, bytes: u64) -> Self {
+        self.config.max_idle_bytes = bytes;
+        self
+    }
+
+    /// Most tenants tracked under their own id; more go to the overflow tenant. Default 10 000.
+    pub fn max_tenants(mut self, tenants: usize) -> Self {
+        self.config.max_tenants = tenants;
+        self
+    }
+
+    /// Largest buffer the pool hands out or grows to; larger requests are
+    /// [`PoolError::TooLarge`]. Default 1 GiB.
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_request_bytes = bytes;
+        self
+    }
+
+    /// Most bytes all outstanding buffers and reservations may hold together; a charge past
+    /// it is [`PoolError::PoolLimit`]. Default: no limit.
+    pub fn max_live_bytes(mut self, bytes: u64) -> Self {
+        self.config.max_live_bytes = Some(bytes);
+        self
+    }
+
+    /// Zero every byte a user could have written before a slab goes back on a free list
+    /// (outside any lock). Default off: no byte of an earlier user is visible through the
+    /// safe API anyway; this scrubs the raw memory too.
+    pub fn zero_on_release(mut self, zero: bool) -> Self {
+        self.config.zero_on_release = zero;
+        self
+    }
+
+    /// A new pool with this configuration.
+    pub fn build(self) -> BufferPool {
+        BufferPool {
+            inner: PoolRef::Shared(Arc::new(PoolInner::new(self.config))),
+        }
+    }
+
+    /// Makes this configuration the one of [`BufferPool::global`] and returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::GlobalAlreadyInitialized`] if the global pool already exists (it was
+    /// used, or configured, before).
+    pub fn build_global(self) -> Result<&'static BufferPool, PoolError> {
+        let mut created = false;
+        GLOBAL_INNER.get_or_init(|| {
+            created = true;
+            PoolInner::new(self.config)
+        });
+        if created {
+            Ok(BufferPool::global())
+        } else {
+            Err(PoolError::GlobalAlreadyInitialized)
+        }
+    }
+}

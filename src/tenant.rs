@@ -1,0 +1,224 @@
+//! [`Tenant`] handles and [`Reservation`]s: per-tenant accounting with soft and hard limits.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::inner::accounts::TenantAccount;
+use crate::inner::PoolRef;
+use crate::{PoolError, PooledBuf};
+
+/// A cheap handle to one tenant's account in a pool. Buffers acquired through it are
+/// charged to the tenant: the capacity of their slab at acquire, debited when they drop.
+///
+/// Acquiring through a handle takes no lock and no lookup of the tenant map: keep the handle
+/// (it is `Clone + Send + Sync`) rather than calling [`BufferPool::tenant`] per request.
+///
+/// Limits: the **soft limit** never refuses; each charge that leaves the tenant's live bytes
+/// above it adds 1 to its `soft_limit_exceeded_total`. The optional **hard limit** refuses
+/// any charge that would take live bytes above it (equal is allowed): `try_*` methods return
+/// [`PoolError::TenantHardLimit`], the others panic.
+///
+/// # Examples
+///
+/// ```
+/// use axon_buffer::{BufferPool, PoolError};
+///
+/// let pool = BufferPool::new(8 * 1024); // 8 KiB default soft limit
+/// let acme = pool.tenant("acme");
+/// acme.set_hard_limit(Some(64 * 1024));
+///
+/// let a = acme.acquire(3000); // 4 KiB slab
+/// let b = acme.acquire(3000);
+/// let c = acme.acquire(3000); // 12 KiB live: above the soft limit, counted
+/// assert_eq!(acme.live_bytes(), 12 * 1024);
+/// assert_eq!(pool.snapshot().tenant_soft_limit_exceeded_total["acme"], 1);
+///
+/// let refused = acme.try_acquire(60 * 1024).unwrap_err(); // would pass 64 KiB
+/// assert!(matches!(refused, PoolError::TenantHardLimit { .. }));
+/// drop((a, b, c));
+/// assert_eq!(acme.live_bytes(), 0);
+/// ```
+///
+/// [`BufferPool::tenant`]: crate::BufferPool::tenant
+#[derive(Clone)]
+pub struct Tenant {
+    account: Arc<TenantAccount>,
+    pool: PoolRef,
+}
+
+impl Tenant {
+    pub(crate) fn new(pool: PoolRef, account: Arc<TenantAccount>) -> Tenant {
+        Tenant { account, pool }
+    }
+
+    /// The tenant's id; [`OVERFLOW_TENANT_ID`](crate::OVERFLOW_TENANT_ID) for the overflow
+    /// tenant.
+    pub fn id(&self) -> &str {
+        self.account.id()
+    }
+
+    /// Whether this handle charges the overflow tenant: its id was longer than
+    /// [`MAX_TENANT_ID_LEN`](crate::MAX_TENANT_ID_LEN), or the pool already tracked
+    /// `max_tenants` accounts when it was first seen.
+    pub fn is_overflow(&self) -> bool {
+        self.account.is_overflow()
+    }
+
+    /// A buffer of at least `requested` bytes charged to this tenant.
+    ///
+    /// # Panics
+    ///
+    /// When [`try_acquire`](Self::try_acquire) would return an error; the message names
+    /// `try_acquire`.
+    #[track_caller]
+    pub fn acquire(&self, requested: usize) -> PooledBuf {
+        match self.try_acquire(requested) {
+            Ok(buf) => buf,
+            Err(err) => panic!(
+                "axon-buffer: {err} (use Tenant::try_acquire to handle this without panicking)"
+            ),
+        }
+    }
+
+    /// A buffer of at least `requested` bytes charged to this tenant, or why not.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::TooLarge`] above `max_request_bytes`, [`PoolError::TenantHardLimit`] or
+    /// [`PoolError::PoolLimit`] when a limit refuses the charge, [`PoolError::AllocFailed`]
+    /// when the allocator refuses. Nothing is charged on error.
+    pub fn try_acquire(&self, requested: usize) -> Result<PooledBuf, PoolError> {
+        PooledBuf::try_new(
+            self.pool.clone(),
+            Some(Arc::clone(&self.account)),
+            requested,
+        )
+    }
+
+    /// Charges `bytes` to the tenant (and the pool's live bytes) without allocating, until
+    /// the returned [`Reservation`] drops: the RAII form of the seed's
+    /// `record_tenant_allocation` / `record_tenant_release`.
+    ///
+    /// # Panics
+    ///
+    /// When [`try_reserve`](Self::try_reserve) would return an error; the message names
+    /// `try_reserve`.
+    #[track_caller]
+    pub fn reserve(&self, bytes: u64) -> Reservation {
+        match self.try_reserve(bytes) {
+            Ok(reservation) => reservation,
+            Err(err) => panic!(
+                "axon-buffer: {err} (use Tenant::try_reserve to handle this without panicking)"
+            ),
+        }
+    }
+
+    /// Charges `bytes` without allocating, or says why not.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::TenantHardLimit`] or [`PoolError::PoolLimit`] when a limit refuses,
+    /// [`PoolError::TooLarge`] when a byte counter would overflow. Nothing is charged on
+    /// error.
+    pub fn try_reserve(&self, bytes: u64) -> Result<Reservation, PoolError> {
+        let live = self.pool.charge(Some(&self.account), bytes)?;
+        self.account.count_soft(live);
+        self.pool.reserved_added(bytes);
+        Ok(Reservation {
+            bytes,
+            account: Arc::clone(&self.account),
+            pool: self.pool.clone(),
+        })
+    }
+
+    /// Bytes charged to this tenant now, by buffers and reservations.
+    pub fn live_bytes(&self) -> u64 {
+        self.account.live()
+    }
+
+    /// The soft limit in bytes.
+    pub fn soft_limit(&self) -> u64 {
+        self.account.soft_limit()
+    }
+
+    /// Sets the soft limit; it applies to charges from now on.
+    pub fn set_soft_limit(&self, bytes: u64) {
+        self.account.set_soft_limit(bytes);
+    }
+
+    /// The hard limit in bytes, if any.
+    pub fn hard_limit(&self) -> Option<u64> {
+        self.account.hard_limit()
+    }
+
+    /// Sets or removes the hard limit. Charges already made stay, even above a new limit;
+    /// only later charges are refused.
+    pub fn set_hard_limit(&self, bytes: Option<u64>) {
+        self.account.set_hard_limit(bytes);
+    }
+}
+
+impl fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tenant")
+            .field("id", &self.id())
+            .field("live_bytes", &self.live_bytes())
+            .field("soft_limit", &self.soft_limit())
+            .field("hard_limit", &self.hard_limit())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A charge against a tenant with no memory behind it, debited when it drops.
+///
+/// Use it for memory the pool does not hand out but the tenant should answer for (a decoded
+/// frame held elsewhere, a queue slot). It counts in the tenant's and the pool's live bytes
+/// and in the snapshot's `reserved_bytes`.
+///
+/// # Examples
+///
+/// ```
+/// use axon_buffer::BufferPool;
+///
+/// let pool = BufferPool::new(1024);
+/// let alpha = pool.tenant("alpha");
+/// let r = alpha.reserve(2048);
+/// assert_eq!(r.bytes(), 2048);
+/// assert_eq!(pool.snapshot().reserved_bytes, 2048);
+/// drop(r);
+/// assert_eq!(alpha.live_bytes(), 0);
+/// ```
+#[must_use = "dropping a Reservation debits the tenant at once"]
+pub struct Reservation {
+    bytes: u64,
+    account: Arc<TenantAccount>,
+    pool: PoolRef,
+}
+
+impl Reservation {
+    /// The bytes this reservation charges.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The id of the tenant charged.
+    pub fn tenant(&self) -> &str {
+        self.account.id()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.pool.debit(Some(&self.account), self.bytes);
+        self.pool.reserved_removed(self.bytes);
+    }
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("tenant", &self.tenant())
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
