@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::num::NonZeroU64;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
@@ -58,6 +59,8 @@ pub struct PooledBuf {
     exposed: usize,
     tenant: Option<Arc<TenantAccount>>,
     pool: PoolRef,
+    /// The leak tracker's record of this buffer, when it was sampled.
+    tracked: Option<NonZeroU64>,
 }
 
 impl PooledBuf {
@@ -75,22 +78,15 @@ impl PooledBuf {
             class => class.capacity(),
         };
         let account = tenant.as_deref();
-        let tenant_live = pool.charge(account, capacity as u64)?;
-        let taken = match class {
-            PoolClass::Oversize => pool.allocate_oversize(capacity),
-            class => pool.take_slab(class),
-        };
-        let slab = match taken {
-            Ok(slab) => slab,
-            Err(err) => {
-                pool.debit(account, capacity as u64);
-                return Err(err);
-            }
-        };
+        let (slab, tenant_live) = pool.obtain(account, class, capacity)?;
         if let Some(account) = account {
             account.count_soft(tenant_live);
             account.buffer_opened();
         }
+        let tracked = match &pool.leaks {
+            None => None,
+            Some(leaks) => leaks.sample(class, capacity, account.map(TenantAccount::id)),
+        };
         Ok(PooledBuf {
             slab,
             class,
@@ -98,6 +94,7 @@ impl PooledBuf {
             exposed: 0,
             tenant,
             pool,
+            tracked,
         })
     }
 
@@ -129,11 +126,13 @@ impl PooledBuf {
 
     /// Forgets the written bytes; the capacity (and the charge) stay.
     pub fn clear(&mut self) {
+        self.mark_exposed();
         self.slab.clear();
     }
 
     /// Shortens the written bytes to `len`; does nothing if `len >= self.len()`.
     pub fn truncate(&mut self, len: usize) {
+        self.mark_exposed();
         self.slab.truncate(len);
     }
 
@@ -144,8 +143,9 @@ impl PooledBuf {
     /// When growing is refused, as [`reserve`](Self::reserve) does.
     #[track_caller]
     pub fn resize(&mut self, new_len: usize, value: u8) {
-        if let Some(additional) = new_len.checked_sub(self.len()) {
-            self.reserve(additional);
+        match new_len.checked_sub(self.len()) {
+            Some(additional) => self.reserve(additional),
+            None => self.mark_exposed(), // shrinking: remember what was written
         }
         self.slab.resize(new_len, value);
         self.mark_exposed();
@@ -228,6 +228,7 @@ impl PooledBuf {
             class => class.capacity(),
         };
         let extra = (capacity as u64).saturating_sub(self.charged);
+        let exposed = self.exposed();
         let account = self.tenant.as_deref();
         let tenant_live = self.pool.charge(account, extra)?;
         let grown = if class == PoolClass::Oversize && self.class == PoolClass::Oversize {
@@ -240,7 +241,7 @@ impl PooledBuf {
             taken.map(|mut slab| {
                 slab.extend_from_slice(&self.slab);
                 let old = std::mem::replace(&mut self.slab, slab);
-                self.pool.release_slab(old, self.class, self.exposed);
+                self.pool.release_slab(old, self.class, exposed);
                 self.exposed = self.slab.len();
             })
         };
@@ -254,6 +255,9 @@ impl PooledBuf {
         self.pool.count_promotion();
         self.class = class;
         self.charged += extra;
+        if let (Some(id), Some(leaks)) = (self.tracked, &self.pool.leaks) {
+            leaks.promoted(id, class, self.slab.capacity());
+        }
         Ok(())
     }
 
@@ -262,8 +266,10 @@ impl PooledBuf {
     ///
     /// The reader is lent only zero-filled memory (never stale bytes of an earlier user),
     /// and a reader that reports more bytes than it was lent is refused with
-    /// [`io::ErrorKind::InvalidData`]. On an error, what earlier reads of this call appended
-    /// stays in the buffer.
+    /// [`io::ErrorKind::InvalidData`]. A full buffer is promoted only once the reader has
+    /// given at least one more byte. On an error, what earlier reads of this call appended
+    /// stays in the buffer; a byte read just before a refused promotion is lost with the
+    /// error.
     ///
     /// # Errors
     ///
@@ -285,33 +291,43 @@ impl PooledBuf {
     pub fn read_from<R: io::Read>(&mut self, reader: &mut R, max: usize) -> io::Result<usize> {
         let mut total = 0;
         while total < max {
-            if self.len() == self.capacity() {
+            if self.spare_within_limit() == 0 {
+                // Full (or at `max_request_bytes`): read one byte before growing, so a reader
+                // at end of file costs no promotion and no TooLarge.
+                let mut probe = [0u8; 1];
+                let read = loop {
+                    match reader.read(&mut probe) {
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                        other => break other?,
+                    }
+                };
+                match read {
+                    0 => break,
+                    1 => {}
+                    read => return Err(lying_reader(read, 1)),
+                }
                 self.try_reserve(1)?;
+                self.slab.push(probe[0]);
+                total += 1;
+                continue;
             }
             let start = self.len();
-            let lent = (max - total).min(self.capacity() - start);
+            let lent = (max - total).min(self.spare_within_limit());
             self.slab.resize(start + lent, 0);
             self.mark_exposed();
-            let read = match reader.read(&mut self.slab[start..]) {
-                Ok(0) => {
-                    self.slab.truncate(start);
-                    break; // end of file
-                }
-                Ok(read) if read <= lent => read,
-                Ok(read) => {
-                    self.slab.truncate(start);
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("reader reported {read} bytes read into a {lent}-byte buffer"),
-                    ));
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => 0,
-                Err(err) => {
-                    self.slab.truncate(start);
-                    return Err(err);
-                }
+            // Whatever happens in the reader, even a panic, the zeros lent to it go again.
+            let mut lend = Lend {
+                slab: &mut self.slab,
+                keep: start,
             };
-            self.slab.truncate(start + read);
+            let read = match reader.read(&mut lend.slab[start..]) {
+                Ok(0) => break, // end of file
+                Ok(read) if read <= lent => read,
+                Ok(read) => return Err(lying_reader(read, lent)),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => 0,
+                Err(err) => return Err(err),
+            };
+            lend.keep = start + read;
             total += read;
         }
         Ok(total)
@@ -358,11 +374,26 @@ impl PooledBuf {
         let slab = std::mem::take(&mut self.slab);
         self.pool.count_detached(self.class);
         self.close();
+        self.untrack();
         slab
     }
 
     fn mark_exposed(&mut self) {
-        self.exposed = self.exposed.max(self.slab.len());
+        self.exposed = self.exposed();
+    }
+
+    /// How many leading bytes of the slab may hold this buffer's data: the high-water mark
+    /// of lengths marked so far, and the length now (a write that panicked or promoted
+    /// midway may not have marked it yet).
+    fn exposed(&self) -> usize {
+        self.exposed.max(self.slab.len())
+    }
+
+    /// Closes the leak tracker's record, if this buffer was sampled.
+    fn untrack(&mut self) {
+        if let (Some(id), Some(leaks)) = (self.tracked.take(), &self.pool.leaks) {
+            leaks.closed(id);
+        }
     }
 
     /// Debits the charge and the outstanding-buffer count, exactly once.
@@ -380,14 +411,44 @@ impl PooledBuf {
     }
 }
 
+/// Zero-filled bytes lent to a reader: on drop (after the read, or while a panic unwinds
+/// through it) the slab is cut back to `keep`, the bytes the reader really wrote.
+struct Lend<'a> {
+    slab: &'a mut Vec<u8>,
+    keep: usize,
+}
+
+impl Drop for Lend<'_> {
+    fn drop(&mut self) {
+        self.slab.truncate(self.keep);
+    }
+}
+
+/// The error for a `Read` that reports more bytes than it was lent.
+fn lying_reader(read: usize, lent: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("reader reported {read} bytes read into a {lent}-byte buffer"),
+    )
+}
+
 impl Drop for PooledBuf {
     fn drop(&mut self) {
         let slab = std::mem::take(&mut self.slab);
         if slab.capacity() == 0 {
             return; // into_vec took it and settled the accounts
         }
-        self.pool.release_slab(slab, self.class, self.exposed);
-        self.close();
+        let account = self.tenant.as_deref();
+        let exposed = self.exposed.max(slab.len());
+        self.pool
+            .give_back(slab, self.class, exposed, account, self.charged);
+        if let Some(account) = account {
+            account.buffer_closed();
+        }
+        self.untrack();
+        if let Some(account) = self.tenant.take() {
+            self.pool.departures.leaving(&account);
+        }
     }
 }
 
@@ -444,12 +505,11 @@ impl Extend<u8> for PooledBuf {
         let iter = iter.into_iter();
         self.reserve(iter.size_hint().0);
         for byte in iter {
-            if self.len() == self.capacity() {
+            if self.spare_within_limit() == 0 {
                 self.reserve(1);
             }
             self.slab.push(byte);
         }
-        self.mark_exposed();
     }
 }
 

@@ -5,14 +5,19 @@ mod buf;
 mod class;
 mod error;
 mod inner;
+mod leak;
 mod pool;
 mod snapshot;
 mod tenant;
+
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 
 pub use buf::PooledBuf;
 pub use class::PoolClass;
 pub use error::PoolError;
 pub use inner::accounts::{MAX_TENANT_ID_LEN, OVERFLOW_TENANT_ID};
+pub use leak::OutstandingBuffer;
 pub use pool::{BufferPool, BufferPoolBuilder};
 pub use snapshot::BufferPoolSnapshot;
 pub use tenant::{Reservation, Tenant};

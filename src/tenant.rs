@@ -121,9 +121,8 @@ impl Tenant {
     /// [`PoolError::TooLarge`] when a byte counter would overflow. Nothing is charged on
     /// error.
     pub fn try_reserve(&self, bytes: u64) -> Result<Reservation, PoolError> {
-        let live = self.pool.charge(Some(&self.account), bytes)?;
+        let live = self.pool.charge_reservation(&self.account, bytes)?;
         self.account.count_soft(live);
-        self.pool.reserved_added(bytes);
         Ok(Reservation {
             bytes,
             account: Arc::clone(&self.account),
@@ -155,6 +154,12 @@ impl Tenant {
     /// only later charges are refused.
     pub fn set_hard_limit(&self, bytes: Option<u64>) {
         self.account.set_hard_limit(bytes);
+    }
+}
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        self.pool.departures.leaving(&self.account);
     }
 }
 
@@ -209,8 +214,8 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.pool.debit(Some(&self.account), self.bytes);
-        self.pool.reserved_removed(self.bytes);
+        self.pool.debit_reservation(&self.account, self.bytes);
+        self.pool.departures.leaving(&self.account);
     }
 }
 

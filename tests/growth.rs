@@ -6,6 +6,10 @@ use axon_buffer::{BufferPool, PoolClass, PoolError};
 use bytes::BufMut;
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "writes megabytes: too slow under Miri; smaller tests cover the paths"
+)]
 fn promotion_walks_the_classes_and_returns_each_old_slab() {
     let pool = BufferPool::default();
     let mut buf = pool.acquire(1);
@@ -32,6 +36,10 @@ fn promotion_walks_the_classes_and_returns_each_old_slab() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "writes megabytes: too slow under Miri; smaller tests cover the paths"
+)]
 fn oversize_grows_by_doubling_so_small_writes_cost_linear_time() {
     let pool = BufferPool::default();
     let mut buf = pool.acquire(0);
@@ -55,6 +63,10 @@ fn oversize_grows_by_doubling_so_small_writes_cost_linear_time() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "writes megabytes: too slow under Miri; smaller tests cover the paths"
+)]
 fn oversize_growth_is_clamped_to_max_request_bytes() {
     let pool = BufferPool::builder().max_request_bytes(15 << 20).build();
     let mut buf = pool.acquire(10 << 20);
@@ -143,6 +155,10 @@ fn extend_accepts_owned_and_borrowed_bytes() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "reads 200 KB: too slow under Miri; smaller tests cover the paths"
+)]
 fn read_from_reads_up_to_max_across_promotions() {
     let pool = BufferPool::default();
     let source: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();

@@ -135,17 +135,30 @@ fn reservations_charge_exactly_and_count_as_reserved() {
 }
 
 #[test]
-fn reservation_that_would_overflow_is_refused() {
+fn reservations_that_could_wrap_a_counter_are_refused() {
     let pool = BufferPool::default();
     let t = pool.tenant("t");
-    let big = t.reserve(u64::MAX);
+    let max = i64::MAX as u64;
+    // u64::MAX is refused outright: the pool keeps reservations below 2^63, so no sum of
+    // its figures can wrap.
+    let err = t.try_reserve(u64::MAX).unwrap_err();
+    assert_eq!(
+        err,
+        PoolError::TooLarge {
+            requested: u64::MAX,
+            max
+        }
+    );
+    let big = t.reserve(max);
     let err = t.try_reserve(1).unwrap_err();
     assert!(matches!(err, PoolError::TooLarge { requested: 1, .. }));
-    assert_eq!(t.live_bytes(), u64::MAX);
-    // Another tenant cannot overflow the pool's total either.
-    let err = pool.tenant("u").try_reserve(1).unwrap_err();
-    assert!(matches!(err, PoolError::TooLarge { .. }));
-    assert_eq!(pool.snapshot().tenant_live_bytes["u"], 0);
+    // Another tenant cannot push the pool's total over either.
+    assert!(pool.tenant("u").try_reserve(1).is_err());
+    let snap = pool.snapshot();
+    assert_eq!(snap.tenant_live_bytes["t"], max);
+    assert_eq!(snap.tenant_live_bytes["u"], 0);
+    assert_eq!(snap.live_bytes, max);
+    assert_eq!(snap.too_large_total, 3);
     drop(big);
     assert_eq!(pool.live_bytes(), 0);
 }

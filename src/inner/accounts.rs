@@ -1,7 +1,7 @@
 //! Tenant accounts and the bounded registry that hands them out.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// The id of the overflow tenant: ids longer than [`MAX_TENANT_ID_LEN`], ids arriving when
@@ -23,8 +23,10 @@ pub(crate) struct TenantAccount {
     overflow: bool,
     live: AtomicU64,
     soft_limit: AtomicU64,
-    /// `u64::MAX` means none: no charge can take `live` above it anyway.
+    /// `u64::MAX` when none: no charge can take `live` above it anyway.
     hard_limit: AtomicU64,
+    /// Whether a hard limit is set (so `Some(u64::MAX)` reads back as itself).
+    hard_limit_set: AtomicBool,
     default_soft_limit: u64,
     soft_exceeded: AtomicU64,
     hard_refusals: AtomicU64,
@@ -69,6 +71,7 @@ impl TenantAccount {
             live: AtomicU64::new(0),
             soft_limit: AtomicU64::new(soft_limit),
             hard_limit: AtomicU64::new(NO_HARD_LIMIT),
+            hard_limit_set: AtomicBool::new(false),
             default_soft_limit: soft_limit,
             soft_exceeded: AtomicU64::new(0),
             hard_refusals: AtomicU64::new(0),
@@ -97,15 +100,15 @@ impl TenantAccount {
     }
 
     pub(crate) fn hard_limit(&self) -> Option<u64> {
-        match self.hard_limit.load(Relaxed) {
-            NO_HARD_LIMIT => None,
-            limit => Some(limit),
-        }
+        self.hard_limit_set
+            .load(Relaxed)
+            .then(|| self.hard_limit.load(Relaxed))
     }
 
     pub(crate) fn set_hard_limit(&self, bytes: Option<u64>) {
         self.hard_limit
             .store(bytes.unwrap_or(NO_HARD_LIMIT), Relaxed);
+        self.hard_limit_set.store(bytes.is_some(), Relaxed);
     }
 
     pub(crate) fn soft_exceeded(&self) -> u64 {
@@ -169,9 +172,29 @@ pub(crate) struct Registry {
     max_tenants: usize,
     default_soft_limit: u64,
     /// Registrations refused for want of room since the last sweep that freed something;
-    /// a full sweep runs on the first and then on every `sweep_interval`-th, so hostile ids
-    /// cost O(max_tenants / sweep_interval) each, amortised.
+    /// with no departure reported, a full sweep runs on the first and then on every
+    /// `max_tenants / 16`-th, so a flood of hostile ids costs O(16) each, amortised.
     full_since_sweep: usize,
+}
+
+/// Reports that an account may have lost its last handle: the next registration that finds
+/// the map full sweeps it at once instead of waiting its turn.
+#[derive(Debug, Default)]
+pub(crate) struct Departures(AtomicU64);
+
+impl Departures {
+    /// Called by a handle, buffer or reservation about to let go of `account`: if only the
+    /// registry and this holder are left, the account may become evictable. (A sweep that
+    /// runs between this and the holder's release misses it; the amortised sweeps catch it.)
+    pub(crate) fn leaving(&self, account: &Arc<TenantAccount>) {
+        if Arc::strong_count(account) <= 2 && !account.is_overflow() {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn take(&self) -> bool {
+        self.0.load(Relaxed) > 0 && self.0.swap(0, Relaxed) > 0
+    }
 }
 
 impl Registry {
@@ -187,14 +210,18 @@ impl Registry {
 
     /// The account for `id`, registering it if there is room (evicting idle accounts no
     /// handle refers to when the map is full), else the overflow account.
-    pub(crate) fn get_or_register(&mut self, id: &str) -> Arc<TenantAccount> {
+    pub(crate) fn get_or_register(
+        &mut self,
+        id: &str,
+        departures: &Departures,
+    ) -> Arc<TenantAccount> {
         if id.len() > MAX_TENANT_ID_LEN || id == OVERFLOW_TENANT_ID {
             return self.overflow();
         }
         if let Some(account) = self.map.get(id) {
             return Arc::clone(account);
         }
-        if self.map.len() >= self.max_tenants && !self.make_room() {
+        if self.map.len() >= self.max_tenants && !self.make_room(departures) {
             return self.overflow();
         }
         let account = Arc::new(TenantAccount::new(id, self.default_soft_limit, false));
@@ -202,9 +229,9 @@ impl Registry {
         account
     }
 
-    fn make_room(&mut self) -> bool {
+    fn make_room(&mut self, departures: &Departures) -> bool {
         let interval = (self.max_tenants / 16).max(1);
-        let sweep = self.full_since_sweep.is_multiple_of(interval);
+        let sweep = departures.take() || self.full_since_sweep.is_multiple_of(interval);
         self.full_since_sweep += 1;
         if !sweep {
             return false;

@@ -1,22 +1,34 @@
-//! The shared state that buffers return their slabs to: free lists, counters, tenant
-//! accounts. The ground floor of the crate: it knows no public handle, so `pool.rs` (which
-//! creates buffers) and `buf.rs` (which returns them) both build on it without importing
-//! each other.
+//! The shared state that buffers return their slabs to: free lists, per-thread caches,
+//! counters, tenant accounts. The ground floor of the crate: it knows no public handle, so
+//! `pool.rs` (which creates buffers) and `buf.rs` (which returns them) both build on it
+//! without importing each other.
 
 pub(crate) mod accounts;
+mod cache;
 mod free_list;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
+use crate::leak::LeakTracker;
 use crate::snapshot::BufferPoolSnapshot;
 use crate::{PoolClass, PoolError};
-use accounts::{try_add_bounded, ChargeRefused, Registry, TenantAccount};
+use accounts::{try_add_bounded, ChargeRefused, Departures, Registry, TenantAccount};
+use cache::{bump, cached_index, LocalCache, CACHED};
 use free_list::FreeList;
+
+/// Reservations (and charges made where no thread cache is reachable) may take the pool's
+/// shared live figure up to this, no further. Buffers charged through a thread cache skip
+/// the overflow check: together they can never hold more than the address space (below
+/// 2^63 bytes), so the sum of both never wraps.
+const MAX_SHARED_LIVE: u64 = i64::MAX as u64;
+
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The pool's knobs, fixed at build time.
 #[derive(Debug, Clone)]
@@ -28,6 +40,9 @@ pub(crate) struct Config {
     pub(crate) max_request_bytes: usize,
     pub(crate) max_live_bytes: Option<u64>,
     pub(crate) zero_on_release: bool,
+    /// Track one buffer in this many; 0 is off.
+    pub(crate) leak_sample_every: u32,
+    pub(crate) leak_backtraces: bool,
 }
 
 impl Default for Config {
@@ -40,8 +55,54 @@ impl Default for Config {
             max_request_bytes: 1024 * 1024 * 1024,
             max_live_bytes: None,
             zero_on_release: false,
+            leak_sample_every: 0,
+            leak_backtraces: false,
         }
     }
+}
+
+/// Counters that change outside any free-list lock. Relaxed throughout: they publish no
+/// memory, only figures, and each is exact on its own.
+#[derive(Debug, Default)]
+struct Counters {
+    misses: [AtomicU64; 4],
+    oversize_allocations: AtomicU64,
+    /// Slabs that left a buffer and were freed instead of pooled, per class.
+    discarded: [AtomicU64; 5],
+    /// Slabs that left the pool for good through `into_vec`, or an Oversize slab replaced by
+    /// a larger one, per class.
+    detached: [AtomicU64; 5],
+    alloc_failures: AtomicU64,
+    too_large: AtomicU64,
+    pool_limit_refusals: AtomicU64,
+    promotions: AtomicU64,
+    /// Figures of thread caches whose thread has exited, per cached class.
+    retired_hits: [AtomicU64; 2],
+    retired_returned: [AtomicU64; 2],
+}
+
+/// The state every handle, buffer and reservation of one pool shares.
+#[derive(Debug)]
+pub(crate) struct PoolInner {
+    pub(crate) config: Config,
+    id: u64,
+    free: [Mutex<FreeList>; 4],
+    /// Idle-budget units taken, per class: idle slabs plus slots thread caches hold. Never
+    /// above `max_idle_per_class`.
+    idle_units: [AtomicUsize; 4],
+    /// The same units in bytes, across classes. Never above `max_idle_bytes`.
+    idle_budget: AtomicU64,
+    /// Live bytes charged outside thread caches (reservations, `max_live_bytes` pools,
+    /// exited threads), wrapping: thread caches hold the rest.
+    live: AtomicU64,
+    reserved: AtomicU64,
+    counters: Counters,
+    tenants: Mutex<Registry>,
+    /// Accounts that may have lost their last handle since the registry last looked.
+    pub(crate) departures: Departures,
+    caches: Mutex<Vec<Arc<LocalCache>>>,
+    /// Sampled records of outstanding buffers, when `leak_sample_every` is set.
+    pub(crate) leaks: Option<LeakTracker>,
 }
 
 /// How a buffer, reservation or handle refers to its pool: the process-global pool by a
@@ -65,43 +126,49 @@ impl Deref for PoolRef {
     }
 }
 
-/// Counters that change outside any free-list lock. Relaxed throughout: they publish no
-/// memory, only figures, and each is exact on its own.
-#[derive(Debug, Default)]
-struct Counters {
-    misses: [AtomicU64; 4],
-    oversize_allocations: AtomicU64,
-    /// Slabs that left a buffer and were freed instead of pooled, per class.
-    discarded: [AtomicU64; 5],
-    /// Slabs that left the pool for good through `into_vec`, or an Oversize slab replaced by
-    /// a larger one, per class.
-    detached: [AtomicU64; 5],
-    alloc_failures: AtomicU64,
-    too_large: AtomicU64,
-    pool_limit_refusals: AtomicU64,
-    promotions: AtomicU64,
+/// What a thread-local entry keeps of its pool: enough to fold the cache back when the
+/// thread exits, without keeping the pool alive.
+enum WeakPool {
+    Static(&'static PoolInner),
+    Shared(Weak<PoolInner>),
 }
 
-/// The state every handle, buffer and reservation of one pool shares.
-#[derive(Debug)]
-pub(crate) struct PoolInner {
-    pub(crate) config: Config,
-    free: [Mutex<FreeList>; 4],
-    /// Idle bytes across all lists, including bytes reserved by a return in flight; the
-    /// `max_idle_bytes` cap is enforced on this figure, so it can never be passed.
-    idle_budget: AtomicU64,
-    live: AtomicU64,
-    reserved: AtomicU64,
-    counters: Counters,
-    tenants: Mutex<Registry>,
+/// One thread's cache for one pool, as the thread sees it.
+struct Entry {
+    pool_id: u64,
+    cache: Arc<LocalCache>,
+    pool: WeakPool,
+}
+
+impl Drop for Entry {
+    /// The thread is exiting (or the pool is gone): give the cache back to the pool.
+    fn drop(&mut self) {
+        match &self.pool {
+            WeakPool::Static(inner) => inner.retire(&self.cache),
+            WeakPool::Shared(weak) => {
+                if let Some(inner) = weak.upgrade() {
+                    inner.retire(&self.cache);
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Refusal of a charge, before it becomes a [`PoolError`] (which needs the tenant's id).
-fn refused_error(refused: ChargeRefused, bytes: u64, tenant: Option<&TenantAccount>) -> PoolError {
+fn refused_error(
+    refused: ChargeRefused,
+    bytes: u64,
+    tenant: Option<&TenantAccount>,
+    max: u64,
+) -> PoolError {
     match (refused, tenant) {
         (ChargeRefused::Overflow, _) => PoolError::TooLarge {
             requested: bytes,
-            max: u64::MAX,
+            max,
         },
         (ChargeRefused::Limit { live, limit }, Some(account)) => PoolError::TenantHardLimit {
             tenant: account.id().to_owned(),
@@ -117,11 +184,346 @@ fn refused_error(refused: ChargeRefused, bytes: u64, tenant: Option<&TenantAccou
     }
 }
 
+impl PoolRef {
+    /// Runs `f` with this thread's cache for this pool, registering one on first use.
+    /// `None` when the thread-local storage is gone (a drop inside a thread-local
+    /// destructor) or busy: callers then take the shared path.
+    #[inline]
+    fn local<R>(&self, f: impl FnOnce(&LocalCache) -> R) -> Option<R> {
+        self.with_local(true, f)
+    }
+
+    /// [`Self::local`] for return paths: never registers (which allocates), so a `Drop` on
+    /// a thread that has no cache yet takes the shared path and allocates nothing.
+    #[inline]
+    fn local_existing<R>(&self, f: impl FnOnce(&LocalCache) -> R) -> Option<R> {
+        self.with_local(false, f)
+    }
+
+    #[inline]
+    fn with_local<R>(&self, register: bool, f: impl FnOnce(&LocalCache) -> R) -> Option<R> {
+        let id = self.id;
+        LOCAL
+            .try_with(|entries| {
+                {
+                    let entries = entries.try_borrow().ok()?;
+                    if let Some(entry) = entries.iter().find(|e| e.pool_id == id) {
+                        return Some(f(&entry.cache));
+                    }
+                }
+                if !register {
+                    return None;
+                }
+                let cache = self.register_local(entries)?;
+                Some(f(&cache))
+            })
+            .ok()
+            .flatten()
+    }
+
+    #[cold]
+    fn register_local(&self, entries: &RefCell<Vec<Entry>>) -> Option<Arc<LocalCache>> {
+        let mut entries = entries.try_borrow_mut().ok()?;
+        // Entries of pools that are gone hold nothing (the pool's drop emptied them).
+        entries.retain(|e| match &e.pool {
+            WeakPool::Static(_) => true,
+            WeakPool::Shared(weak) => weak.strong_count() > 0,
+        });
+        let cache = Arc::new(LocalCache::new());
+        self.caches.lock().push(Arc::clone(&cache));
+        let pool = match self {
+            PoolRef::Static(inner) => WeakPool::Static(inner),
+            PoolRef::Shared(inner) => WeakPool::Shared(Arc::downgrade(inner)),
+        };
+        entries.push(Entry {
+            pool_id: self.id,
+            cache: Arc::clone(&cache),
+            pool,
+        });
+        Some(cache)
+    }
+
+    /// Charge and slab in one step, all or nothing: the hot path of an acquire. Returns the
+    /// slab (empty, of exactly `capacity`) and the tenant's live bytes after the charge. The
+    /// soft limit is not counted here: the caller counts it once it holds the slab.
+    #[inline]
+    pub(crate) fn obtain(
+        &self,
+        tenant: Option<&TenantAccount>,
+        class: PoolClass,
+        capacity: usize,
+    ) -> Result<(Vec<u8>, u64), PoolError> {
+        let bytes = capacity as u64;
+        let tenant_live = self.charge_tenant(tenant, bytes)?;
+        let mut tried_cache = false;
+        if let (None, Some(k)) = (self.config.max_live_bytes, cached_index(class)) {
+            // One thread-local access for the charge and the slab.
+            let hit = self.local(|cache| {
+                let slab = self.take_cached(cache, k, class)?;
+                bump(&cache.live, bytes);
+                Some(slab)
+            });
+            match hit {
+                Some(Some(slab)) => return Ok((slab, tenant_live)),
+                Some(None) => tried_cache = true,
+                None => {}
+            }
+        }
+        if let Err(err) = self.charge_pool(bytes) {
+            if let Some(account) = tenant {
+                account.debit(bytes);
+            }
+            return Err(err);
+        }
+        let taken = match class {
+            PoolClass::Oversize => self.allocate_oversize(capacity),
+            class if tried_cache => self.allocate_slab(class),
+            class => self.take_slab(class),
+        };
+        taken
+            .map(|slab| (slab, tenant_live))
+            .inspect_err(|_| self.debit(tenant, bytes))
+    }
+
+    /// Release and debit in one step: the hot path of a drop. See [`Self::release_slab`].
+    #[inline]
+    pub(crate) fn give_back(
+        &self,
+        slab: Vec<u8>,
+        class: PoolClass,
+        exposed: usize,
+        tenant: Option<&TenantAccount>,
+        charged: u64,
+    ) {
+        if let (None, Some(k), false) = (
+            self.config.max_live_bytes,
+            cached_index(class),
+            self.config.zero_on_release,
+        ) {
+            if slab.capacity() == class.capacity() {
+                if let Some(account) = tenant {
+                    account.debit(charged);
+                }
+                let mut slab = Some(slab);
+                let done = self.local_existing(|cache| {
+                    bump(&cache.live, charged.wrapping_neg());
+                    if let Some(slab) = slab.as_mut() {
+                        slab.clear();
+                    }
+                    self.give_cached(cache, k, class, &mut slab);
+                });
+                match (done, slab) {
+                    (Some(()), None) => {}
+                    (Some(()), Some(slab)) => self.give_shared(slab, class, true),
+                    (None, Some(slab)) => {
+                        self.live.fetch_sub(charged, Relaxed);
+                        self.release_slab(slab, class, exposed);
+                    }
+                    (None, None) => {} // impossible: the closure did not run, so it kept the slab
+                }
+                return;
+            }
+        }
+        self.release_slab(slab, class, exposed);
+        self.debit(tenant, charged);
+    }
+
+    /// Charges `bytes` to the tenant (if any) and the pool, all or nothing (a promotion).
+    pub(crate) fn charge(
+        &self,
+        tenant: Option<&TenantAccount>,
+        bytes: u64,
+    ) -> Result<u64, PoolError> {
+        let tenant_live = self.charge_tenant(tenant, bytes)?;
+        if let Err(err) = self.charge_pool(bytes) {
+            if let Some(account) = tenant {
+                account.debit(bytes);
+            }
+            return Err(err);
+        }
+        Ok(tenant_live)
+    }
+
+    fn charge_tenant(&self, tenant: Option<&TenantAccount>, bytes: u64) -> Result<u64, PoolError> {
+        let Some(account) = tenant else {
+            return Ok(0);
+        };
+        account.try_charge(bytes).map_err(|refused| {
+            if refused == ChargeRefused::Overflow {
+                self.counters.too_large.fetch_add(1, Relaxed);
+            }
+            refused_error(refused, bytes, tenant, u64::MAX)
+        })
+    }
+
+    /// Charges the pool: this thread's figure when there is no `max_live_bytes` to enforce,
+    /// else (or without thread-local storage) the shared one.
+    fn charge_pool(&self, bytes: u64) -> Result<(), PoolError> {
+        let local = self.config.max_live_bytes.is_none()
+            && self.local(|cache| bump(&cache.live, bytes)).is_some();
+        if local {
+            Ok(())
+        } else {
+            self.charge_shared(bytes)
+        }
+    }
+
+    /// Undoes [`Self::charge`].
+    pub(crate) fn debit(&self, tenant: Option<&TenantAccount>, bytes: u64) {
+        if let Some(account) = tenant {
+            account.debit(bytes);
+        }
+        let local = self.config.max_live_bytes.is_none()
+            && self
+                .local_existing(|cache| bump(&cache.live, bytes.wrapping_neg()))
+                .is_some();
+        if !local {
+            self.live.fetch_sub(bytes, Relaxed);
+        }
+    }
+
+    /// A slab of exactly `class.capacity()` bytes, empty: from this thread's cache or the
+    /// class's free list (a hit), or freshly allocated (a miss). `class` must not be Oversize.
+    pub(crate) fn take_slab(&self, class: PoolClass) -> Result<Vec<u8>, PoolError> {
+        let hit = match cached_index(class) {
+            Some(k) => self
+                .local(|cache| self.take_cached(cache, k, class))
+                .flatten()
+                .or_else(|| self.take_shared(class)),
+            None => self.take_shared(class),
+        };
+        match hit {
+            Some(slab) => Ok(slab),
+            None => self.allocate_slab(class),
+        }
+    }
+
+    fn take_cached(&self, cache: &LocalCache, k: usize, class: PoolClass) -> Option<Vec<u8>> {
+        let held = cache.held[k].load(Relaxed);
+        if let Some(slab) = cache.slots[k].pop(held) {
+            bump(&cache.hits[k], 1);
+            return Some(slab);
+        }
+        // Empty: refill half the slots from the shared list under one lock. The batch's
+        // storage is reserved outside the lock, and fallibly: without it, only the one slab.
+        let limit = cache.slots[k].limit();
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let batched = batch.try_reserve_exact(limit / 2).is_ok();
+        let slab = {
+            let mut list = self.free[class.index()].lock();
+            let slab = list.slabs.pop()?;
+            list.hits += 1;
+            if batched {
+                let at = list.slabs.len().saturating_sub(limit / 2);
+                batch.extend(list.slabs.drain(at..));
+            }
+            slab
+        };
+        // Every slab from the list carried a unit of idle budget; keep as many units as the
+        // cache now needs (the slots are empty: the moved slabs go to the first ones), give
+        // back the rest.
+        let moved = batch.len();
+        let keep = held.max(moved);
+        cache.held[k].store(keep, Relaxed);
+        self.release_units(class, held + moved + 1 - keep);
+        for idle in batch {
+            if let Err(idle) = cache.slots[k].push(keep, idle) {
+                self.give_shared(idle, class, false); // cannot happen: moved <= keep free slots
+            }
+        }
+        Some(slab)
+    }
+
+    /// Takes back a slab whose buffer is gone: into this thread's cache, onto its class's
+    /// free list, or freed (and counted as discarded) when it is not exactly its class's
+    /// capacity or the caps have no room. `exposed` is how many leading bytes may hold a
+    /// user's data (zeroed first when `zero_on_release` is on). Never panics; holds a lock
+    /// only for a push.
+    pub(crate) fn release_slab(&self, mut slab: Vec<u8>, class: PoolClass, exposed: usize) {
+        if class == PoolClass::Oversize || slab.capacity() != class.capacity() {
+            self.discard(class);
+            return;
+        }
+        slab.clear();
+        if self.config.zero_on_release {
+            // Outside any lock: up to 10 MiB of memset must not stall other threads.
+            slab.resize(exposed.min(slab.capacity()), 0);
+            slab.clear();
+        }
+        if let Some(k) = cached_index(class) {
+            let mut slab = Some(slab);
+            self.local_existing(|cache| self.give_cached(cache, k, class, &mut slab));
+            // Still here: no thread-local storage, or the cache could get no budget unit.
+            if let Some(slab) = slab {
+                self.give_shared(slab, class, true);
+            }
+            return;
+        }
+        self.give_shared(slab, class, true);
+    }
+
+    /// Puts the slab in `slab` into the cache (taking it out of the option) if the cache has
+    /// a unit for it or can reserve one; spills half the cache to the shared list when full.
+    fn give_cached(
+        &self,
+        cache: &LocalCache,
+        k: usize,
+        class: PoolClass,
+        slab: &mut Option<Vec<u8>>,
+    ) {
+        let slots = &cache.slots[k];
+        let mut held = cache.held[k].load(Relaxed);
+        let Some(taken) = slab.take() else {
+            return;
+        };
+        // A free slot among the held ones: no shared atomic at all.
+        let taken = match slots.push(held, taken) {
+            Ok(()) => return bump(&cache.returned[k], 1),
+            Err(back) => back,
+        };
+        if held == slots.limit() {
+            // Full: move the upper half to the shared list under one lock; their units go
+            // with them, and the slots from `held` on stay empty.
+            let keep = held / 2;
+            let mut list = self.free[class.index()].lock();
+            let room = list.slabs.try_reserve(held - keep).is_ok();
+            let mut moved = 0;
+            for i in keep..held {
+                if let Some(idle) = slots.pop_at(i) {
+                    match room {
+                        true => {
+                            list.slabs.push(idle);
+                            moved += 1;
+                        }
+                        false => drop(idle), // freed: no room on the list's storage
+                    }
+                }
+            }
+            drop(list);
+            self.release_units(class, (held - keep) - moved); // emptied or freed slots
+            held = keep;
+            cache.held[k].store(held, Relaxed);
+        }
+        if !self.reserve_unit(class) {
+            *slab = Some(taken);
+            return;
+        }
+        held += 1;
+        cache.held[k].store(held, Relaxed);
+        match slots.push(held, taken) {
+            Ok(()) => bump(&cache.returned[k], 1),
+            Err(back) => *slab = Some(back), // cannot happen: slot `held - 1` is empty
+        }
+    }
+}
+
 impl PoolInner {
     pub(crate) fn new(config: Config) -> Self {
         let slots = config.max_idle_per_class;
         PoolInner {
+            id: NEXT_POOL_ID.fetch_add(1, Relaxed),
             free: std::array::from_fn(|_| Mutex::new(FreeList::with_capacity(slots))),
+            idle_units: Default::default(),
             idle_budget: AtomicU64::new(0),
             live: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
@@ -130,95 +532,168 @@ impl PoolInner {
                 config.max_tenants,
                 config.default_tenant_soft_limit,
             )),
+            departures: Departures::default(),
+            caches: Mutex::new(Vec::new()),
+            leaks: (config.leak_sample_every > 0)
+                .then(|| LeakTracker::new(config.leak_sample_every, config.leak_backtraces)),
             config,
         }
     }
 
     pub(crate) fn tenant_account(&self, id: &str) -> Arc<TenantAccount> {
-        self.tenants.lock().get_or_register(id)
+        self.tenants.lock().get_or_register(id, &self.departures)
     }
 
     /// Refuses a buffer of `requested` bytes above `max_request_bytes`, counting it.
     pub(crate) fn check_request(&self, requested: Option<usize>) -> Result<usize, PoolError> {
+        // No allocation can exceed isize::MAX bytes: past it a request is too large, not an
+        // allocation failure, whatever max_request_bytes says.
+        let max = self.config.max_request_bytes.min(isize::MAX as usize);
         match requested {
-            Some(n) if n <= self.config.max_request_bytes => Ok(n),
+            Some(n) if n <= max => Ok(n),
             _ => {
                 self.counters.too_large.fetch_add(1, Relaxed);
                 Err(PoolError::TooLarge {
                     requested: requested.map_or(u64::MAX, |n| n as u64),
-                    max: self.config.max_request_bytes as u64,
+                    max: max as u64,
                 })
             }
         }
     }
 
-    /// Charges `bytes` to the tenant (if any) and the pool, all or nothing. The soft limit is
-    /// not counted here: the caller calls [`Self::count_soft`] once the slab is in hand, so a
-    /// request refused later (allocation failure) counts nothing.
-    pub(crate) fn charge(
+    /// Charges the shared live figure, within `max_live_bytes` (a refusal is `PoolLimit`) or
+    /// [`MAX_SHARED_LIVE`] (a refusal is `TooLarge`). A sum past `u64::MAX` is `TooLarge`
+    /// with `max: u64::MAX`.
+    fn charge_shared(&self, bytes: u64) -> Result<(), PoolError> {
+        let limit = self.config.max_live_bytes.unwrap_or(MAX_SHARED_LIVE);
+        let refused = match try_add_bounded(&self.live, bytes, limit) {
+            Ok(_) => return Ok(()),
+            Err(refused) => refused,
+        };
+        let (counter, err) = match (refused, self.config.max_live_bytes) {
+            (ChargeRefused::Limit { live, limit }, Some(_)) => (
+                &self.counters.pool_limit_refusals,
+                PoolError::PoolLimit {
+                    requested: bytes,
+                    live,
+                    limit,
+                },
+            ),
+            (ChargeRefused::Limit { .. }, None) => (
+                &self.counters.too_large,
+                PoolError::TooLarge {
+                    requested: bytes,
+                    max: MAX_SHARED_LIVE,
+                },
+            ),
+            (ChargeRefused::Overflow, _) => (
+                &self.counters.too_large,
+                PoolError::TooLarge {
+                    requested: bytes,
+                    max: u64::MAX,
+                },
+            ),
+        };
+        counter.fetch_add(1, Relaxed);
+        Err(err)
+    }
+
+    /// Charges a reservation: always on the shared figure, so it is bounded and exact.
+    pub(crate) fn charge_reservation(
         &self,
-        tenant: Option<&TenantAccount>,
+        account: &TenantAccount,
         bytes: u64,
     ) -> Result<u64, PoolError> {
-        let tenant_live = match tenant {
-            Some(account) => match account.try_charge(bytes) {
-                Ok(live) => live,
-                Err(refused) => {
-                    if refused == ChargeRefused::Overflow {
-                        self.counters.too_large.fetch_add(1, Relaxed);
-                    }
-                    return Err(refused_error(refused, bytes, tenant));
-                }
-            },
-            None => 0,
-        };
-        let limit = self.config.max_live_bytes.unwrap_or(u64::MAX);
-        if let Err(refused) = try_add_bounded(&self.live, bytes, limit) {
-            if let Some(account) = tenant {
-                account.debit(bytes);
+        let live = account.try_charge(bytes).map_err(|refused| {
+            if refused == ChargeRefused::Overflow {
+                self.counters.too_large.fetch_add(1, Relaxed);
             }
-            let counter = match refused {
-                ChargeRefused::Overflow => &self.counters.too_large,
-                ChargeRefused::Limit { .. } => &self.counters.pool_limit_refusals,
-            };
-            counter.fetch_add(1, Relaxed);
-            return Err(refused_error(refused, bytes, None));
-        }
-        Ok(tenant_live)
-    }
-
-    /// Undoes [`Self::charge`].
-    pub(crate) fn debit(&self, tenant: Option<&TenantAccount>, bytes: u64) {
-        if let Some(account) = tenant {
+            refused_error(refused, bytes, Some(account), u64::MAX)
+        })?;
+        if let Err(err) = self.charge_shared(bytes) {
             account.debit(bytes);
+            return Err(err);
         }
-        self.live.fetch_sub(bytes, Relaxed);
-    }
-
-    pub(crate) fn reserved_added(&self, bytes: u64) {
         self.reserved.fetch_add(bytes, Relaxed);
+        Ok(live)
     }
 
-    pub(crate) fn reserved_removed(&self, bytes: u64) {
+    /// Undoes [`Self::charge_reservation`].
+    pub(crate) fn debit_reservation(&self, account: &TenantAccount, bytes: u64) {
+        account.debit(bytes);
+        self.live.fetch_sub(bytes, Relaxed);
         self.reserved.fetch_sub(bytes, Relaxed);
     }
 
-    /// A slab of exactly `class.capacity()` bytes, empty: from the class's free list (a hit)
-    /// or freshly allocated (a miss). `class` must not be Oversize.
-    pub(crate) fn take_slab(&self, class: PoolClass) -> Result<Vec<u8>, PoolError> {
-        let idx = class.index();
-        let popped = {
-            let mut list = self.free[idx].lock();
+    /// Takes one unit of idle budget for `class`, if both caps have room.
+    fn reserve_unit(&self, class: PoolClass) -> bool {
+        let units = &self.idle_units[class.index()];
+        let mut cur = units.load(Relaxed);
+        loop {
+            if cur >= self.config.max_idle_per_class {
+                return false;
+            }
+            match units.compare_exchange_weak(cur, cur + 1, Relaxed, Relaxed) {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        let bytes = class.capacity() as u64;
+        if try_add_bounded(&self.idle_budget, bytes, self.config.max_idle_bytes).is_err() {
+            units.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn release_units(&self, class: PoolClass, n: usize) {
+        if n > 0 {
+            self.idle_units[class.index()].fetch_sub(n, Relaxed);
+            self.idle_budget
+                .fetch_sub(n as u64 * class.capacity() as u64, Relaxed);
+        }
+    }
+
+    /// A slab from the class's shared free list, if any.
+    fn take_shared(&self, class: PoolClass) -> Option<Vec<u8>> {
+        let slab = {
+            let mut list = self.free[class.index()].lock();
             let slab = list.slabs.pop();
             list.hits += u64::from(slab.is_some());
             slab
-        };
-        if let Some(slab) = popped {
-            self.idle_budget.fetch_sub(class.capacity() as u64, Relaxed);
-            return Ok(slab);
+        }?;
+        self.release_units(class, 1);
+        Some(slab)
+    }
+
+    /// Puts an empty slab on its class's shared list if the caps have room, else frees it.
+    /// `from_buffer` says whether a buffer is returning it (counted as returned or
+    /// discarded) or an idle slab is moving (a thread cache folding back: not counted).
+    fn give_shared(&self, slab: Vec<u8>, class: PoolClass, from_buffer: bool) {
+        if !self.reserve_unit(class) {
+            if from_buffer {
+                self.discard(class);
+            }
+            return;
         }
+        let mut list = self.free[class.index()].lock();
+        // Never allocate infallibly on a return path: without room, the slab is freed.
+        if list.slabs.try_reserve(1).is_err() {
+            drop(list);
+            self.release_units(class, 1);
+            if from_buffer {
+                self.discard(class);
+            }
+            return;
+        }
+        list.slabs.push(slab);
+        list.returned += u64::from(from_buffer);
+    }
+
+    /// A fresh slab of a pooled class: a miss.
+    fn allocate_slab(&self, class: PoolClass) -> Result<Vec<u8>, PoolError> {
         let slab = self.allocate(class, class.capacity())?;
-        self.counters.misses[idx].fetch_add(1, Relaxed);
+        self.counters.misses[class.index()].fetch_add(1, Relaxed);
         Ok(slab)
     }
 
@@ -267,70 +742,118 @@ impl PoolInner {
         self.counters.detached[class.index()].fetch_add(1, Relaxed);
     }
 
-    /// Takes back a slab whose buffer is gone: onto its class's free list when it is exactly
-    /// that class's capacity and both caps have room, else freed and counted as discarded.
-    /// `exposed` is how many leading bytes may hold a user's data (zeroed first when
-    /// `zero_on_release` is on). Never panics, holds a lock only for the push.
-    pub(crate) fn release_slab(&self, mut slab: Vec<u8>, class: PoolClass, exposed: usize) {
-        if class == PoolClass::Oversize || slab.capacity() != class.capacity() {
-            self.discard(class);
-            return;
-        }
-        let capacity = class.capacity() as u64;
-        if try_add_bounded(&self.idle_budget, capacity, self.config.max_idle_bytes).is_err() {
-            self.discard(class);
-            return;
-        }
-        slab.clear();
-        if self.config.zero_on_release {
-            // Outside the lock: up to 10 MiB of memset must not stall other threads' pushes.
-            slab.resize(exposed.min(slab.capacity()), 0);
-            slab.clear();
-        }
-        let mut list = self.free[class.index()].lock();
-        if list.slabs.len() < self.config.max_idle_per_class {
-            list.slabs.push(slab);
-            list.returned += 1;
-            return;
-        }
-        drop(list);
-        self.idle_budget.fetch_sub(capacity, Relaxed);
-        self.discard(class);
-    }
-
     fn discard(&self, class: PoolClass) {
         self.counters.discarded[class.index()].fetch_add(1, Relaxed);
     }
 
-    /// Frees every idle slab; returns the bytes freed.
+    /// A thread's cache comes home: its figures fold into the pool's (under the registry
+    /// lock, so a snapshot sees them exactly once), its units go back, its slabs go to the
+    /// shared lists (or are freed when those have no room).
+    fn retire(&self, cache: &Arc<LocalCache>) {
+        {
+            let mut caches = self.caches.lock();
+            let c = &self.counters;
+            self.live.fetch_add(cache.live.load(Relaxed), Relaxed);
+            for k in 0..CACHED.len() {
+                c.retired_hits[k].fetch_add(cache.hits[k].load(Relaxed), Relaxed);
+                c.retired_returned[k].fetch_add(cache.returned[k].load(Relaxed), Relaxed);
+            }
+            caches.retain(|other| !Arc::ptr_eq(other, cache));
+        }
+        for (k, (class, _)) in CACHED.into_iter().enumerate() {
+            let slabs = cache.slots[k].steal_all();
+            self.release_units(class, cache.held[k].swap(0, Relaxed));
+            for slab in slabs {
+                self.give_shared(slab, class, false);
+            }
+        }
+    }
+
+    /// Frees every idle slab, in the shared lists and in every thread's cache; returns the
+    /// bytes freed. Units held by caches stay with them (no memory behind them).
     pub(crate) fn trim(&self) -> u64 {
         let mut freed = 0;
         for class in PoolClass::non_oversize() {
-            let slabs = std::mem::take(&mut self.free[class.index()].lock().slabs);
-            let bytes = slabs.len() as u64 * class.capacity() as u64;
-            self.idle_budget.fetch_sub(bytes, Relaxed);
-            freed += bytes;
-            drop(slabs); // outside the lock
+            // Keep the list's storage, so the next return needs no allocation.
+            let mut slabs: Vec<Vec<u8>> = Vec::new();
+            let count = {
+                let mut list = self.free[class.index()].lock();
+                let count = list.slabs.len();
+                match slabs.try_reserve_exact(count) {
+                    Ok(()) => slabs.append(&mut list.slabs), // freed outside the lock
+                    Err(_) => list.slabs.clear(),            // freed here, rarely
+                }
+                count
+            };
+            drop(slabs);
+            self.release_units(class, count);
+            freed += count as u64 * class.capacity() as u64;
+        }
+        let caches: Vec<Arc<LocalCache>> = self.caches.lock().clone();
+        for cache in caches {
+            for (k, (class, _)) in CACHED.into_iter().enumerate() {
+                let slabs = cache.slots[k].steal_all();
+                freed += slabs.len() as u64 * class.capacity() as u64;
+            }
         }
         freed
     }
 
+    /// Live bytes: the shared figure plus every thread's, read one after another. Exact when
+    /// no buffer moves meanwhile; under traffic it may lag by the buffers in flight between
+    /// threads, and it is never negative.
     pub(crate) fn live_bytes(&self) -> u64 {
-        self.live.load(Relaxed)
+        self.sum_live(&self.caches.lock())
+    }
+
+    fn sum_live(&self, caches: &[Arc<LocalCache>]) -> u64 {
+        let sum = caches.iter().fold(self.live.load(Relaxed), |sum, cache| {
+            sum.wrapping_add(cache.live.load(Relaxed))
+        });
+        // Real totals stay far below this (reservations are capped at 2^63 - 1, buffers by
+        // the address space); a sum within 2^62 of wrapping is a debit read before its charge.
+        if sum > u64::MAX - (1 << 62) {
+            0
+        } else {
+            sum
+        }
     }
 
     pub(crate) fn snapshot(&self) -> BufferPoolSnapshot {
         let c = &self.counters;
         let mut snap = BufferPoolSnapshot::empty();
+        // Thread-cache figures first, under the registry lock (see `retire`).
+        let mut cached_hits = [0u64; 4];
+        let mut cached_returned = [0u64; 4];
+        let mut cached_idle = [0u64; 4];
+        let live;
+        {
+            let caches = self.caches.lock();
+            for (k, (class, _)) in CACHED.into_iter().enumerate() {
+                let i = class.index();
+                cached_hits[i] = c.retired_hits[k].load(Relaxed);
+                cached_returned[i] = c.retired_returned[k].load(Relaxed);
+                for cache in caches.iter() {
+                    cached_hits[i] += cache.hits[k].load(Relaxed);
+                    cached_returned[i] += cache.returned[k].load(Relaxed);
+                    cached_idle[i] += cache.slots[k].filled() as u64;
+                }
+            }
+            live = self.sum_live(&caches);
+        }
         for class in PoolClass::non_oversize() {
             let idx = class.index();
             let (hits, returned, idle) = {
                 let list = self.free[idx].lock();
                 (list.hits, list.returned, list.slabs.len() as u64)
             };
+            let hits = hits + cached_hits[idx];
+            let idle = idle + cached_idle[idx];
             let misses = c.misses[idx].load(Relaxed);
-            let released =
-                returned + c.discarded[idx].load(Relaxed) + c.detached[idx].load(Relaxed);
+            let released = returned
+                + cached_returned[idx]
+                + c.discarded[idx].load(Relaxed)
+                + c.detached[idx].load(Relaxed);
             snap.pool_hits.insert(class, hits);
             snap.pool_misses.insert(class, misses);
             snap.idle_slabs.insert(class, idle);
@@ -348,7 +871,7 @@ impl PoolInner {
             .insert(PoolClass::Oversize, c.discarded[over].load(Relaxed));
         snap.outstanding_buffers
             .insert(PoolClass::Oversize, oversize.saturating_sub(released));
-        snap.live_bytes = self.live.load(Relaxed);
+        snap.live_bytes = live;
         snap.reserved_bytes = self.reserved.load(Relaxed);
         snap.alloc_failures_total = c.alloc_failures.load(Relaxed);
         snap.too_large_total = c.too_large.load(Relaxed);
@@ -372,5 +895,17 @@ impl PoolInner {
         snap.hard_limit_refusals_total = refusals;
         snap.tenant_outstanding_buffers = buffers;
         snap
+    }
+}
+
+impl Drop for PoolInner {
+    /// The last handle and buffer are gone: free what thread caches still hold (their
+    /// threads' entries outlive the pool and must not keep its slabs).
+    fn drop(&mut self) {
+        for cache in self.caches.get_mut().iter() {
+            for slots in &cache.slots {
+                drop(slots.steal_all());
+            }
+        }
     }
 }

@@ -1,0 +1,90 @@
+//! `freeze`: a filled buffer becomes a `bytes::Bytes`, is cloned once, and both drop.
+//!
+//! Groups `freeze-small` (4 KiB) and `freeze-huge` (10 MiB), arms:
+//!
+//! - `axon`: `PooledBuf::freeze()` (zero copy), one clone, both dropped, which returns
+//!   the slab to the pool;
+//! - `bytes-copy`: `Bytes::copy_from_slice` of the same filled bytes, one clone, both
+//!   dropped: what a pool without a zero-copy freeze costs.
+//!
+//! Only freeze, clone and drop are timed (`iter_custom`). Filling is not: the buffers of
+//! a batch are filled first, then the clock runs over the whole batch, so the cost of
+//! reading the clock (about 20 ns here) is shared by `BATCH` buffers. Criterion plans
+//! its iteration counts from the wall time of its warm-up, filling included, so the
+//! wall time of each arm stays near its measurement time even at 10 MiB.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use axon_buffer::{BufferPool, PooledBuf};
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
+
+mod common;
+use common::{config, source, KIB, MIB};
+
+/// Buffers filled ahead of one timed region.
+const BATCH: u64 = 8;
+
+fn freeze(c: &mut Criterion) {
+    let pool = BufferPool::global();
+    for (name, size) in [("freeze-small", 4 * KIB), ("freeze-huge", 10 * MIB)] {
+        let src = source(size);
+        let mut group = c.benchmark_group(name);
+        group.sampling_mode(SamplingMode::Flat);
+
+        group.bench_function("axon", |b| {
+            b.iter_custom(|iters| {
+                let mut measured = Duration::ZERO;
+                let mut filled: Vec<PooledBuf> = Vec::with_capacity(BATCH as usize);
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(BATCH);
+                    left -= n;
+                    for _ in 0..n {
+                        let mut buf = pool.acquire(size);
+                        buf.extend_from_slice(&src);
+                        filled.push(buf);
+                    }
+                    let start = Instant::now();
+                    for buf in filled.drain(..) {
+                        let frozen = black_box(buf.freeze());
+                        let clone = black_box(frozen.clone());
+                        drop(clone);
+                        drop(frozen);
+                    }
+                    measured += start.elapsed();
+                }
+                measured
+            })
+        });
+
+        group.bench_function("bytes-copy", |b| {
+            b.iter_custom(|iters| {
+                let mut measured = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(BATCH);
+                    left -= n;
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        let frozen = black_box(Bytes::copy_from_slice(black_box(&src)));
+                        let clone = black_box(frozen.clone());
+                        drop(clone);
+                        drop(frozen);
+                    }
+                    measured += start.elapsed();
+                }
+                measured
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = config().sample_size(20);
+    targets = freeze
+}
+criterion_main!(benches);
