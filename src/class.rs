@@ -111,23 +111,6 @@ impl fmt::Display for PoolClass {
 mod tests {
     use super::PoolClass;
 
-    // The seed's `size_classes_map_correctly`.
-    #[test]
-    fn size_classes_map_correctly() {
-        assert_eq!(PoolClass::for_size(1), PoolClass::Small);
-        assert_eq!(PoolClass::for_size(4 * 1024), PoolClass::Small);
-        assert_eq!(PoolClass::for_size(4 * 1024 + 1), PoolClass::Medium);
-        assert_eq!(PoolClass::for_size(64 * 1024), PoolClass::Medium);
-        assert_eq!(PoolClass::for_size(64 * 1024 + 1), PoolClass::Large);
-        assert_eq!(PoolClass::for_size(1024 * 1024), PoolClass::Large);
-        assert_eq!(PoolClass::for_size(1024 * 1024 + 1), PoolClass::Huge);
-        assert_eq!(PoolClass::for_size(10 * 1024 * 1024), PoolClass::Huge);
-        assert_eq!(
-            PoolClass::for_size(10 * 1024 * 1024 + 1),
-            PoolClass::Oversize
-        );
-    }
-
     #[test]
     fn index_matches_table_order() {
         for (i, class) in PoolClass::all().into_iter().enumerate() {

@@ -15,6 +15,9 @@ use axon_buffer::{
 };
 use bytes::BufMut;
 
+mod common;
+use common::assert_nothing_live;
+
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 const GIB: usize = 1024 * MIB;
@@ -88,28 +91,6 @@ fn assert_only_too_large_moved(before: &BufferPoolSnapshot, after: &BufferPoolSn
     let mut expected = before.clone();
     expected.too_large_total += by;
     assert_eq!(&expected, after);
-}
-
-/// Every live figure of the snapshot is 0.
-#[track_caller]
-fn assert_nothing_live(snap: &BufferPoolSnapshot) {
-    assert_eq!(snap.live_bytes, 0, "live_bytes");
-    assert_eq!(snap.reserved_bytes, 0, "reserved_bytes");
-    assert!(
-        snap.tenant_live_bytes.values().all(|&b| b == 0),
-        "tenant_live_bytes {:?}",
-        snap.tenant_live_bytes
-    );
-    assert!(
-        snap.outstanding_buffers.values().all(|&b| b == 0),
-        "outstanding_buffers {:?}",
-        snap.outstanding_buffers
-    );
-    assert!(
-        snap.tenant_outstanding_buffers.values().all(|&b| b == 0),
-        "tenant_outstanding_buffers {:?}",
-        snap.tenant_outstanding_buffers
-    );
 }
 
 /// The `PoolError` inside an `io::Error` made by the crate.

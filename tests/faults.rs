@@ -9,32 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 
-use axon_buffer::{BufferPool, BufferPoolSnapshot, PoolClass, PoolError, PooledBuf, Reservation};
+use axon_buffer::{BufferPool, PoolClass, PoolError, PooledBuf, Reservation};
 use bytes::{BufMut, Bytes};
 
-const MIB: usize = 1024 * 1024;
+mod common;
+use common::assert_nothing_live;
 
-/// Every live figure of the snapshot is 0.
-#[track_caller]
-fn assert_nothing_live(snap: &BufferPoolSnapshot) {
-    assert_eq!(snap.live_bytes, 0, "live_bytes");
-    assert_eq!(snap.reserved_bytes, 0, "reserved_bytes");
-    assert!(
-        snap.tenant_live_bytes.values().all(|&b| b == 0),
-        "tenant_live_bytes {:?}",
-        snap.tenant_live_bytes
-    );
-    assert!(
-        snap.outstanding_buffers.values().all(|&b| b == 0),
-        "outstanding_buffers {:?}",
-        snap.outstanding_buffers
-    );
-    assert!(
-        snap.tenant_outstanding_buffers.values().all(|&b| b == 0),
-        "tenant_outstanding_buffers {:?}",
-        snap.tenant_outstanding_buffers
-    );
-}
+const MIB: usize = 1024 * 1024;
 
 /// Holds one of everything a handler might hold: buffers of several classes (one promoted
 /// through io::Write), a reservation, a frozen buffer with clones and slices. Returns the
