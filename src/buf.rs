@@ -81,7 +81,6 @@ impl PooledBuf {
         let (slab, tenant_live) = pool.obtain(account, class, capacity)?;
         if let Some(account) = account {
             account.count_soft(tenant_live);
-            account.buffer_opened();
         }
         let tracked = match &pool.leaks {
             None => None,
@@ -400,9 +399,6 @@ impl PooledBuf {
     fn close(&mut self) {
         let account = self.tenant.as_deref();
         self.pool.debit(account, std::mem::take(&mut self.charged));
-        if let Some(account) = account {
-            account.buffer_closed();
-        }
     }
 
     /// The longest chunk `chunk_mut` may lend: the spare capacity, within `max_request_bytes`.
@@ -442,9 +438,6 @@ impl Drop for PooledBuf {
         let exposed = self.exposed.max(slab.len());
         self.pool
             .give_back(slab, self.class, exposed, account, self.charged);
-        if let Some(account) = account {
-            account.buffer_closed();
-        }
         self.untrack();
         if let Some(account) = self.tenant.take() {
             self.pool.departures.leaving(&account);

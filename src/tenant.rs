@@ -40,7 +40,6 @@ use crate::{PoolError, PooledBuf};
 /// ```
 ///
 /// [`BufferPool::tenant`]: crate::BufferPool::tenant
-#[derive(Clone)]
 pub struct Tenant {
     account: Arc<TenantAccount>,
     pool: PoolRef,
@@ -48,6 +47,7 @@ pub struct Tenant {
 
 impl Tenant {
     pub(crate) fn new(pool: PoolRef, account: Arc<TenantAccount>) -> Tenant {
+        account.holder_added();
         Tenant { account, pool }
     }
 
@@ -123,6 +123,7 @@ impl Tenant {
     pub fn try_reserve(&self, bytes: u64) -> Result<Reservation, PoolError> {
         let live = self.pool.charge_reservation(&self.account, bytes)?;
         self.account.count_soft(live);
+        self.account.holder_added();
         Ok(Reservation {
             bytes,
             account: Arc::clone(&self.account),
@@ -157,8 +158,15 @@ impl Tenant {
     }
 }
 
+impl Clone for Tenant {
+    fn clone(&self) -> Tenant {
+        Tenant::new(self.pool.clone(), Arc::clone(&self.account))
+    }
+}
+
 impl Drop for Tenant {
     fn drop(&mut self) {
+        self.account.holder_removed();
         self.pool.departures.leaving(&self.account);
     }
 }
@@ -215,6 +223,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.pool.debit_reservation(&self.account, self.bytes);
+        self.account.holder_removed();
         self.pool.departures.leaving(&self.account);
     }
 }

@@ -30,7 +30,10 @@ pub(crate) struct TenantAccount {
     default_soft_limit: u64,
     soft_exceeded: AtomicU64,
     hard_refusals: AtomicU64,
-    buffers: AtomicU64,
+    /// `Tenant` handles and `Reservation`s holding this account. Everything else holding
+    /// its `Arc` (but the registry) is a buffer, so the outstanding-buffer count costs the
+    /// hot path nothing: see [`TenantAccount::buffers`].
+    holders: AtomicU64,
 }
 
 /// Why [`TenantAccount::try_charge`] refused.
@@ -75,7 +78,7 @@ impl TenantAccount {
             default_soft_limit: soft_limit,
             soft_exceeded: AtomicU64::new(0),
             hard_refusals: AtomicU64::new(0),
-            buffers: AtomicU64::new(0),
+            holders: AtomicU64::new(0),
         }
     }
 
@@ -119,8 +122,12 @@ impl TenantAccount {
         self.hard_refusals.load(Relaxed)
     }
 
-    pub(crate) fn buffers(&self) -> u64 {
-        self.buffers.load(Relaxed)
+    /// Buffers (and frozen `Bytes` groups) charged to this account now: every `Arc` of it
+    /// but the registry's and its holders'. `this` must be the registry's `Arc`. Exact when
+    /// no handle or reservation is being made or dropped meanwhile.
+    pub(crate) fn buffers(this: &Arc<TenantAccount>) -> u64 {
+        let holders = this.holders.load(Relaxed);
+        (Arc::strong_count(this) as u64).saturating_sub(1 + holders)
     }
 
     /// Charges `bytes` unless that would pass the hard limit (equal is allowed) or overflow.
@@ -146,19 +153,19 @@ impl TenantAccount {
         self.live.fetch_sub(bytes, Relaxed);
     }
 
-    pub(crate) fn buffer_opened(&self) {
-        self.buffers.fetch_add(1, Relaxed);
+    pub(crate) fn holder_added(&self) {
+        self.holders.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn buffer_closed(&self) {
-        self.buffers.fetch_sub(1, Relaxed);
+    pub(crate) fn holder_removed(&self) {
+        self.holders.fetch_sub(1, Relaxed);
     }
 
-    /// Nothing would be lost by dropping this account: no bytes, no buffer, and no limit an
-    /// operator set. (The registry checks separately that no handle refers to it.)
+    /// Nothing would be lost by dropping this account: no bytes and no limit an operator
+    /// set. (The registry checks separately that nothing but itself holds it: no handle,
+    /// reservation or buffer.)
     fn is_idle_default(&self) -> bool {
         self.live() == 0
-            && self.buffers() == 0
             && self.soft_limit() == self.default_soft_limit
             && self.hard_limit().is_none()
     }

@@ -914,7 +914,7 @@ impl PoolInner {
             live.insert(id.clone(), account.live());
             exceeded.insert(id.clone(), account.soft_exceeded());
             refusals.insert(id.clone(), account.hard_refusals());
-            buffers.insert(id, account.buffers());
+            buffers.insert(id, TenantAccount::buffers(account));
         }
         drop(registry);
         snap.tenant_live_bytes = live;
