@@ -66,6 +66,7 @@ pub struct PooledBuf {
 impl PooledBuf {
     /// The one way a buffer comes to be: refuse oversized requests, charge, then take the
     /// slab, undoing the charge if the allocator refuses.
+    #[inline]
     pub(crate) fn try_new(
         pool: PoolRef,
         tenant: Option<Arc<TenantAccount>>,
@@ -108,6 +109,7 @@ impl PooledBuf {
     }
 
     /// Bytes written so far.
+    #[inline]
     pub fn len(&self) -> usize {
         self.slab.len()
     }
@@ -119,6 +121,7 @@ impl PooledBuf {
 
     /// Bytes this buffer can hold before a write promotes it: its class's capacity, or its
     /// allocated size when Oversize.
+    #[inline]
     pub fn capacity(&self) -> usize {
         self.slab.capacity()
     }
@@ -156,6 +159,7 @@ impl PooledBuf {
     ///
     /// When growing is refused, as [`reserve`](Self::reserve) does.
     #[track_caller]
+    #[inline]
     pub fn extend_from_slice(&mut self, data: &[u8]) {
         self.reserve(data.len());
         self.slab.extend_from_slice(data);
@@ -171,11 +175,10 @@ impl PooledBuf {
     /// `max_request_bytes`, a hard limit refuses the charge, or the allocator fails. The
     /// message names `try_reserve`, the fallible form.
     #[track_caller]
+    #[inline]
     pub fn reserve(&mut self, additional: usize) {
         if let Err(err) = self.try_reserve(additional) {
-            panic!(
-                "axon-buffer: {err} (use PooledBuf::try_reserve to handle this without panicking)"
-            );
+            crate::error::refused(err, "PooledBuf::try_reserve");
         }
     }
 
@@ -204,6 +207,7 @@ impl PooledBuf {
     /// assert_eq!(buf.class(), PoolClass::Medium);
     /// # Ok::<(), PoolError>(())
     /// ```
+    #[inline]
     pub fn try_reserve(&mut self, additional: usize) -> Result<(), PoolError> {
         let needed = self.len().checked_add(additional);
         if let Some(needed) = needed {
@@ -363,6 +367,7 @@ impl PooledBuf {
     /// drop(clone);
     /// assert_eq!(pool.snapshot().live_bytes, 0);
     /// ```
+    #[inline]
     pub fn freeze(self) -> Bytes {
         Bytes::from_owner(self)
     }
@@ -377,6 +382,7 @@ impl PooledBuf {
         slab
     }
 
+    #[inline]
     fn mark_exposed(&mut self) {
         self.exposed = self.exposed();
     }
@@ -384,11 +390,13 @@ impl PooledBuf {
     /// How many leading bytes of the slab may hold this buffer's data: the high-water mark
     /// of lengths marked so far, and the length now (a write that panicked or promoted
     /// midway may not have marked it yet).
+    #[inline]
     fn exposed(&self) -> usize {
         self.exposed.max(self.slab.len())
     }
 
     /// Closes the leak tracker's record, if this buffer was sampled.
+    #[inline]
     fn untrack(&mut self) {
         if let (Some(id), Some(leaks)) = (self.tracked.take(), &self.pool.leaks) {
             leaks.closed(id);
@@ -402,6 +410,7 @@ impl PooledBuf {
     }
 
     /// The longest chunk `chunk_mut` may lend: the spare capacity, within `max_request_bytes`.
+    #[inline]
     fn spare_within_limit(&self) -> usize {
         (self.capacity() - self.len()).min(self.remaining_mut())
     }
@@ -429,6 +438,7 @@ fn lying_reader(read: usize, lent: usize) -> io::Error {
 }
 
 impl Drop for PooledBuf {
+    #[inline]
     fn drop(&mut self) {
         let slab = std::mem::take(&mut self.slab);
         if slab.capacity() == 0 {
@@ -448,12 +458,14 @@ impl Drop for PooledBuf {
 impl Deref for PooledBuf {
     type Target = [u8];
 
+    #[inline]
     fn deref(&self) -> &[u8] {
         &self.slab
     }
 }
 
 impl DerefMut for PooledBuf {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         &mut self.slab
     }
@@ -519,6 +531,7 @@ impl io::Write for PooledBuf {
     /// Appends all of `data`, or nothing: a refused promotion is returned as an
     /// [`io::Error`] wrapping the [`PoolError`] (kind `OutOfMemory` for an allocation
     /// failure). Never panics.
+    #[inline]
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.try_reserve(data.len())?;
         self.slab.extend_from_slice(data);
@@ -539,6 +552,7 @@ impl io::Write for PooledBuf {
 // through `try_reserve`, which keeps the slab's contents and accounting consistent.
 unsafe impl BufMut for PooledBuf {
     /// `max_request_bytes - len()`: how far the buffer may grow.
+    #[inline]
     fn remaining_mut(&self) -> usize {
         self.pool
             .config
@@ -549,6 +563,7 @@ unsafe impl BufMut for PooledBuf {
     /// # Panics
     ///
     /// When `cnt` is more than the chunk `chunk_mut` lends.
+    #[inline]
     unsafe fn advance_mut(&mut self, cnt: usize) {
         let lendable = self.spare_within_limit();
         assert!(
@@ -571,6 +586,7 @@ unsafe impl BufMut for PooledBuf {
     /// the allocator): an empty chunk would make `put_slice` loop forever, so this is a
     /// deliberate exception to `BufMut`'s "should not panic". Call
     /// [`PooledBuf::try_reserve`] first and hand `(&mut buf).limit(n)` to generic writers.
+    #[inline]
     fn chunk_mut(&mut self) -> &mut UninitSlice {
         if self.len() == self.capacity() && self.remaining_mut() > 0 {
             self.reserve(1);
@@ -587,6 +603,7 @@ unsafe impl BufMut for PooledBuf {
     ///
     /// When growing is refused, as [`PooledBuf::reserve`] does (including past
     /// `remaining_mut`).
+    #[inline]
     fn put_slice(&mut self, src: &[u8]) {
         self.extend_from_slice(src);
     }

@@ -67,3 +67,12 @@ impl From<PoolError> for std::io::Error {
         std::io::Error::new(kind, err)
     }
 }
+
+/// The panic of an infallible method whose `try_*` form returned `err`. Out of line and cold:
+/// the hot paths carry only the call.
+#[cold]
+#[inline(never)]
+#[track_caller]
+pub(crate) fn refused(err: PoolError, alternative: &str) -> ! {
+    panic!("axon-buffer: {err} (use {alternative} to handle this without panicking)")
+}

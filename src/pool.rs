@@ -109,12 +109,11 @@ impl BufferPool {
     /// When [`try_acquire`](Self::try_acquire) would return an error; the message names
     /// `try_acquire`.
     #[track_caller]
+    #[inline]
     pub fn acquire(&self, requested: usize) -> PooledBuf {
         match self.try_acquire(requested) {
             Ok(buf) => buf,
-            Err(err) => panic!(
-                "axon-buffer: {err} (use BufferPool::try_acquire to handle this without panicking)"
-            ),
+            Err(err) => crate::error::refused(err, "BufferPool::try_acquire"),
         }
     }
 
@@ -135,6 +134,7 @@ impl BufferPool {
     /// assert!(matches!(pool.try_acquire(2 << 20), Err(PoolError::TooLarge { .. })));
     /// assert_eq!(pool.snapshot().too_large_total, 1);
     /// ```
+    #[inline]
     pub fn try_acquire(&self, requested: usize) -> Result<PooledBuf, PoolError> {
         PooledBuf::try_new(self.inner.clone(), None, requested)
     }

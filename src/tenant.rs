@@ -71,12 +71,11 @@ impl Tenant {
     /// When [`try_acquire`](Self::try_acquire) would return an error; the message names
     /// `try_acquire`.
     #[track_caller]
+    #[inline]
     pub fn acquire(&self, requested: usize) -> PooledBuf {
         match self.try_acquire(requested) {
             Ok(buf) => buf,
-            Err(err) => panic!(
-                "axon-buffer: {err} (use Tenant::try_acquire to handle this without panicking)"
-            ),
+            Err(err) => crate::error::refused(err, "Tenant::try_acquire"),
         }
     }
 
@@ -87,6 +86,7 @@ impl Tenant {
     /// [`PoolError::TooLarge`] above `max_request_bytes`, [`PoolError::TenantHardLimit`] or
     /// [`PoolError::PoolLimit`] when a limit refuses the charge, [`PoolError::AllocFailed`]
     /// when the allocator refuses. Nothing is charged on error.
+    #[inline]
     pub fn try_acquire(&self, requested: usize) -> Result<PooledBuf, PoolError> {
         PooledBuf::try_new(
             self.pool.clone(),
@@ -107,9 +107,7 @@ impl Tenant {
     pub fn reserve(&self, bytes: u64) -> Reservation {
         match self.try_reserve(bytes) {
             Ok(reservation) => reservation,
-            Err(err) => panic!(
-                "axon-buffer: {err} (use Tenant::try_reserve to handle this without panicking)"
-            ),
+            Err(err) => crate::error::refused(err, "Tenant::try_reserve"),
         }
     }
 

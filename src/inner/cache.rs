@@ -156,6 +156,7 @@ impl Slots {
             .count()
     }
 
+    #[inline]
     fn rebuild(&self, ptr: *mut u8) -> Vec<u8> {
         // SAFETY: 1. `ptr` was non-null in a slot, so `push` stored it there from an empty
         // `Vec<u8>` of capacity exactly `self.capacity` (asserted in `push`), allocated by the

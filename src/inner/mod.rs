@@ -344,6 +344,7 @@ impl PoolRef {
         Ok(tenant_live)
     }
 
+    #[inline]
     fn charge_tenant(&self, tenant: Option<&TenantAccount>, bytes: u64) -> Result<u64, PoolError> {
         let Some(account) = tenant else {
             return Ok(0);
@@ -398,6 +399,7 @@ impl PoolRef {
         }
     }
 
+    #[inline]
     fn take_cached(&self, cache: &LocalCache, k: usize, class: PoolClass) -> Option<Vec<u8>> {
         let held = cache.held[k].load(Relaxed);
         if let Some(slab) = cache.slots[k].pop(held) {
@@ -491,6 +493,7 @@ impl PoolRef {
 
     /// Puts the slab in `slab` into the cache (taking it out of the option) if the cache has
     /// a unit for it or can reserve one; spills half the cache to the shared list when full.
+    #[inline]
     fn give_cached(
         &self,
         cache: &LocalCache,
@@ -572,6 +575,7 @@ impl PoolInner {
     }
 
     /// Refuses a buffer of `requested` bytes above `max_request_bytes`, counting it.
+    #[inline]
     pub(crate) fn check_request(&self, requested: Option<usize>) -> Result<usize, PoolError> {
         // No allocation can exceed isize::MAX bytes: past it a request is too large, not an
         // allocation failure, whatever max_request_bytes says.
