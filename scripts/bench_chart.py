@@ -38,12 +38,12 @@ MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 85, 20, 70, 80
 BAR_W, BAR_GAP = 30, 4
 
 
-def tick_label(exp):
-    """10**exp ns as a round label: 10 ns, 100 ns, 1 µs, ..."""
-    for unit, scale in (("s", 9), ("ms", 6), ("µs", 3), ("ns", 0)):
-        if exp >= scale:
-            return f"{10 ** (exp - scale)} {unit}"
-    return f"{10.0**exp:g} ns"
+def tick_label(ns):
+    """A round duration as a tick label: 20 ns, 500 ns, 1 µs, 2 ms, ..."""
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if ns >= scale:
+            return f"{ns / scale:g} {unit}"
+    return f"{ns:g} ns"
 
 
 def bars(res, write):
@@ -67,8 +67,12 @@ def panel(x0, title, data):
     values = [ns for group in data for ns, _ in group if ns]
     if not values:
         sys.exit("no cycle results: run `cargo bench --bench cycle` first")
-    lo_exp = math.floor(math.log10(min(values)))
-    hi_exp = math.ceil(math.log10(max(values)) + 0.35)  # room for the value labels
+    # A bar's height is its distance from the bottom of the axis: leave the shortest one
+    # some of it, and the tallest room for its label.
+    lo_exp = math.log10(min(values)) - 0.3
+    label_px = 70
+    hi_exp = lo_exp + (math.log10(max(values)) - lo_exp) / (1 - label_px / PANEL_H)
+    steps = (1, 2, 5) if hi_exp - lo_exp < 2.5 else (1,)
     el = []
     top, bottom = MARGIN_T, MARGIN_T + PANEL_H
     left, right = x0 + MARGIN_L, x0 + MARGIN_L + PANEL_W
@@ -78,10 +82,14 @@ def panel(x0, title, data):
         return bottom - frac * PANEL_H
 
     el.append(f'<text x="{(left + right) / 2}" y="{top - 40}" class="title">{escape(title)}</text>')
-    for e in range(lo_exp, hi_exp + 1):
-        y = y_of(10**e)
-        el.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" class="grid"/>')
-        el.append(f'<text x="{left - 8}" y="{y + 4:.1f}" class="tick" text-anchor="end">{tick_label(e)}</text>')
+    for e in range(math.floor(lo_exp), math.ceil(hi_exp) + 1):
+        for m in steps:
+            ns = m * 10**e
+            if not lo_exp <= math.log10(ns) <= hi_exp:
+                continue
+            y = y_of(ns)
+            el.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" class="grid"/>')
+            el.append(f'<text x="{left - 8}" y="{y + 4:.1f}" class="tick" text-anchor="end">{tick_label(ns)}</text>')
     el.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" class="axis"/>')
     el.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" class="axis"/>')
 

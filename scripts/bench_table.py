@@ -155,6 +155,7 @@ def other_groups(res):
     rows = []
     for group, arms in [
         ("freeze-small", ["axon", "bytes-copy"]),
+        ("freeze-large", ["axon", "bytes-copy"]),
         ("freeze-huge", ["axon", "bytes-copy"]),
         ("threads-two-cycling", ["axon", "vec", "seed-mutex"]),
         ("threads-return", ["cross-thread", "same-thread"]),
