@@ -340,6 +340,10 @@ fn read_from_stops_at_max_request_bytes() {
 }
 
 #[test]
+#[cfg_attr(
+    panic = "abort",
+    ignore = "checks the state after catch_unwind, which panic=abort cannot do"
+)]
 fn extend_stops_at_max_request_bytes() {
     let pool = BufferPool::builder().max_request_bytes(1000).build();
     let mut buf = pool.acquire(10);
@@ -455,6 +459,10 @@ fn resize_past_max_panics_naming_try_reserve() {
 // BufMut misuse
 
 #[test]
+#[cfg_attr(
+    panic = "abort",
+    ignore = "checks the state after catch_unwind, which panic=abort cannot do"
+)]
 fn advance_mut_past_the_chunk_panics_and_leaves_the_length() {
     let pool = BufferPool::default();
     let mut buf = pool.acquire(10);
@@ -481,6 +489,10 @@ fn advance_mut_past_the_chunk_panics_and_leaves_the_length() {
 }
 
 #[test]
+#[cfg_attr(
+    panic = "abort",
+    ignore = "checks the state after catch_unwind, which panic=abort cannot do"
+)]
 fn advance_mut_usize_max_panics_without_wrapping_the_length() {
     let mut buf = BufferPool::default().acquire(1);
     buf.extend_from_slice(b"abc");
@@ -494,6 +506,10 @@ fn advance_mut_usize_max_panics_without_wrapping_the_length() {
 }
 
 #[test]
+#[cfg_attr(
+    panic = "abort",
+    ignore = "checks the state after catch_unwind, which panic=abort cannot do"
+)]
 fn put_slice_past_remaining_mut_panics_naming_try_reserve_and_changes_nothing() {
     let pool = BufferPool::builder().max_request_bytes(8192).build();
     let tenant = pool.tenant("writer");
@@ -523,6 +539,10 @@ fn put_slice_past_remaining_mut_panics_naming_try_reserve_and_changes_nothing() 
 }
 
 #[test]
+#[cfg_attr(
+    panic = "abort",
+    ignore = "checks the state after catch_unwind, which panic=abort cannot do"
+)]
 fn generic_put_past_remaining_mut_panics_and_changes_nothing() {
     let pool = BufferPool::builder().max_request_bytes(4096).build();
     let mut buf = pool.acquire(1);
@@ -534,6 +554,10 @@ fn generic_put_past_remaining_mut_panics_and_changes_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    panic = "abort",
+    ignore = "checks the state after catch_unwind, which panic=abort cannot do"
+)]
 fn chunk_mut_on_a_full_buffer_panics_naming_try_reserve_when_the_hard_limit_refuses() {
     let pool = BufferPool::default();
     let tenant = pool.tenant("capped");
@@ -720,6 +744,10 @@ fn a_reader_that_lies_after_an_honest_read_keeps_only_the_honest_bytes() {
 }
 
 #[test]
+#[cfg_attr(
+    panic = "abort",
+    ignore = "checks the state after catch_unwind, which panic=abort cannot do"
+)]
 fn a_reader_that_panics_leaves_the_length_unchanged() {
     struct Bomb;
     impl Read for Bomb {

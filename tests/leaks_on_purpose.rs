@@ -202,3 +202,29 @@ fn a_leaked_buffer_keeps_its_dropped_pool_alive() {
     assert_eq!(leaked.class(), PoolClass::Medium);
     assert_eq!(leaked.tenant(), Some("orphan"));
 }
+
+/// The leak tracker names a forgotten buffer, with where it was acquired.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "capturing a backtrace needs getcwd, which Miri's isolation refuses"
+)]
+fn forgotten_buffer_is_reported_with_its_backtrace() {
+    let pool = BufferPool::builder()
+        .leak_tracking(1)
+        .leak_backtraces(true)
+        .build();
+    std::mem::forget(pool.tenant("leaky").acquire(100));
+    let report = pool.oldest_outstanding(10);
+    assert_eq!(report.len(), 1);
+    let backtrace = report[0].backtrace.as_deref().expect("backtraces are on");
+    assert!(!backtrace.is_empty());
+    assert!(
+        !format!("{:?}", report[0]).contains(backtrace),
+        "Debug abbreviates it"
+    );
+    // The leak shows in the figures too.
+    let snap = pool.snapshot();
+    assert_eq!(snap.outstanding_buffers[&PoolClass::Small], 1);
+    assert_eq!(snap.tenant_live_bytes["leaky"], 4096);
+}

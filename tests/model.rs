@@ -1821,6 +1821,7 @@ proptest! {
     #![proptest_config(proptest_config())]
 
     #[test]
+    #[cfg_attr(panic = "abort", ignore = "checks the state after catch_unwind, which panic=abort cannot do")]
     fn pool_matches_model(
         knobs in knobs_strategy(),
         ops in prop::collection::vec(op_strategy(), 1..if cfg!(miri) { 30 } else { 60 }),
@@ -1831,6 +1832,10 @@ proptest! {
 
 /// A fixed walk through the interesting paths, so they run even on an unlucky seed.
 #[test]
+#[cfg_attr(
+    panic = "abort",
+    ignore = "checks the state after catch_unwind, which panic=abort cannot do"
+)]
 fn model_walkthrough() {
     let i = Pick;
     let mut ops = vec![
