@@ -544,12 +544,9 @@ impl io::Write for PooledBuf {
     }
 }
 
-// SAFETY: (the trait is unsafe because callers of `advance_mut` rely on `chunk_mut` and
-// `remaining_mut` being truthful.) 1. `chunk_mut` lends only the slab's spare capacity, bounded
-// by `remaining_mut`, so every byte it lends is inside the allocation. 2. `advance_mut` asserts
-// that `cnt` fits in the same bound before moving the length, so the length never passes the
-// capacity. 3. `remaining_mut` is `max_request_bytes - len`, and growth beyond the capacity goes
-// through `try_reserve`, which keeps the slab's contents and accounting consistent.
+// SAFETY: callers of `advance_mut` rely on `chunk_mut` and `remaining_mut` being truthful:
+// 1. `chunk_mut` lends only spare capacity within `remaining_mut`; 2. `advance_mut` asserts
+// `cnt` fits that bound before moving the length; 3. growth goes through `try_reserve`.
 unsafe impl BufMut for PooledBuf {
     /// `max_request_bytes - len()`: how far the buffer may grow.
     #[inline]
@@ -570,10 +567,9 @@ unsafe impl BufMut for PooledBuf {
             cnt <= lendable,
             "advance_mut({cnt}) past the {lendable} bytes chunk_mut lends"
         );
-        // SAFETY: 1. `cnt <= capacity - len` (asserted above), so the new length stays within
-        // the allocation. 2. The caller of this unsafe fn guarantees the first `cnt` bytes of
-        // the chunk `chunk_mut` lent (which starts at `len`) were initialised. So every byte
-        // below the new length is initialised, as `Vec::set_len` requires.
+        // SAFETY: `cnt <= capacity - len` (asserted above) keeps the length in the allocation,
+        // and this unsafe fn's caller guarantees the first `cnt` bytes of the chunk lent at
+        // `len` are initialised, so every byte below the new length is, as `set_len` needs.
         unsafe { self.slab.set_len(self.slab.len() + cnt) };
         self.mark_exposed();
     }

@@ -158,11 +158,9 @@ impl Slots {
 
     #[inline]
     fn rebuild(&self, ptr: *mut u8) -> Vec<u8> {
-        // SAFETY: 1. `ptr` was non-null in a slot, so `push` stored it there from an empty
-        // `Vec<u8>` of capacity exactly `self.capacity` (asserted in `push`), allocated by the
-        // global allocator, and leaked with `ManuallyDrop`. 2. The `swap` that returned it is
-        // atomic, so this caller is its only taker: no other `Vec` owns the allocation
-        // (protocol rule 2). 3. Length 0 needs no initialised element.
+        // SAFETY: a non-null slot holds a pointer `push` leaked from an empty global-allocator
+        // `Vec<u8>` of capacity exactly `self.capacity` (asserted there); the atomic `swap`
+        // made this caller its only taker (rule 2); length 0 needs nothing initialised.
         unsafe { Vec::from_raw_parts(ptr, 0, self.capacity) }
     }
 }
