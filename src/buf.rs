@@ -150,7 +150,6 @@ impl PooledBuf {
             None => self.mark_exposed(), // shrinking: remember what was written
         }
         self.slab.resize(new_len, value);
-        self.mark_exposed();
     }
 
     /// Appends `data`, promoting the buffer once if it does not fit.
@@ -163,7 +162,6 @@ impl PooledBuf {
     pub fn extend_from_slice(&mut self, data: &[u8]) {
         self.reserve(data.len());
         self.slab.extend_from_slice(data);
-        self.mark_exposed();
     }
 
     /// Makes room for at least `additional` more bytes, promoting the buffer to the class
@@ -388,8 +386,8 @@ impl PooledBuf {
     }
 
     /// How many leading bytes of the slab may hold this buffer's data: the high-water mark
-    /// of lengths marked so far, and the length now (a write that panicked or promoted
-    /// midway may not have marked it yet).
+    /// recorded before every shrink (and over every chunk lent), and the length now. Writes
+    /// only grow the length, so they need not record anything.
     #[inline]
     fn exposed(&self) -> usize {
         self.exposed.max(self.slab.len())
@@ -535,7 +533,6 @@ impl io::Write for PooledBuf {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.try_reserve(data.len())?;
         self.slab.extend_from_slice(data);
-        self.mark_exposed();
         Ok(data.len())
     }
 
@@ -571,7 +568,6 @@ unsafe impl BufMut for PooledBuf {
         // and this unsafe fn's caller guarantees the first `cnt` bytes of the chunk lent at
         // `len` are initialised, so every byte below the new length is, as `set_len` needs.
         unsafe { self.slab.set_len(self.slab.len() + cnt) };
-        self.mark_exposed();
     }
 
     /// Lends the spare capacity, promoting the buffer first when it is full.
@@ -612,6 +608,5 @@ unsafe impl BufMut for PooledBuf {
     fn put_bytes(&mut self, val: u8, cnt: usize) {
         self.reserve(cnt);
         self.slab.resize(self.len() + cnt, val);
-        self.mark_exposed();
     }
 }

@@ -158,25 +158,16 @@ thread_local! {
     static LOCAL: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Refusal of a charge, before it becomes a [`PoolError`] (which needs the tenant's id).
-fn refused_error(
-    refused: ChargeRefused,
-    bytes: u64,
-    tenant: Option<&TenantAccount>,
-    max: u64,
-) -> PoolError {
-    match (refused, tenant) {
-        (ChargeRefused::Overflow, _) => PoolError::TooLarge {
+/// A tenant's refusal as the error a caller sees: an overflowing sum is `TooLarge`, the
+/// hard limit `TenantHardLimit`. (The pool's own refusals are in `charge_shared`.)
+fn tenant_refused(refused: ChargeRefused, bytes: u64, account: &TenantAccount) -> PoolError {
+    match refused {
+        ChargeRefused::Overflow => PoolError::TooLarge {
             requested: bytes,
-            max,
+            max: u64::MAX,
         },
-        (ChargeRefused::Limit { live, limit }, Some(account)) => PoolError::TenantHardLimit {
+        ChargeRefused::Limit { live, limit } => PoolError::TenantHardLimit {
             tenant: account.id().to_owned(),
-            requested: bytes,
-            live,
-            limit,
-        },
-        (ChargeRefused::Limit { live, limit }, None) => PoolError::PoolLimit {
             requested: bytes,
             live,
             limit,
@@ -345,18 +336,6 @@ impl PoolRef {
     }
 
     #[inline]
-    fn charge_tenant(&self, tenant: Option<&TenantAccount>, bytes: u64) -> Result<u64, PoolError> {
-        let Some(account) = tenant else {
-            return Ok(0);
-        };
-        account.try_charge(bytes).map_err(|refused| {
-            if refused == ChargeRefused::Overflow {
-                self.counters.too_large.fetch_add(1, Relaxed);
-            }
-            refused_error(refused, bytes, tenant, u64::MAX)
-        })
-    }
-
     /// Charges the pool: this thread's figure when there is no `max_live_bytes` to enforce,
     /// else (or without thread-local storage) the shared one.
     fn charge_pool(&self, bytes: u64) -> Result<(), PoolError> {
@@ -592,6 +571,20 @@ impl PoolInner {
         }
     }
 
+    /// Charges `bytes` to the tenant, if any, within its hard limit; returns its live bytes
+    /// after the charge (0 without a tenant).
+    fn charge_tenant(&self, tenant: Option<&TenantAccount>, bytes: u64) -> Result<u64, PoolError> {
+        let Some(account) = tenant else {
+            return Ok(0);
+        };
+        account.try_charge(bytes).map_err(|refused| {
+            if refused == ChargeRefused::Overflow {
+                self.counters.too_large.fetch_add(1, Relaxed);
+            }
+            tenant_refused(refused, bytes, account)
+        })
+    }
+
     /// Charges the shared live figure, within `max_live_bytes` (a refusal is `PoolLimit`) or
     /// [`MAX_SHARED_LIVE`] (a refusal is `TooLarge`). A sum past `u64::MAX` is `TooLarge`
     /// with `max: u64::MAX`.
@@ -635,12 +628,7 @@ impl PoolInner {
         account: &TenantAccount,
         bytes: u64,
     ) -> Result<u64, PoolError> {
-        let live = account.try_charge(bytes).map_err(|refused| {
-            if refused == ChargeRefused::Overflow {
-                self.counters.too_large.fetch_add(1, Relaxed);
-            }
-            refused_error(refused, bytes, Some(account), u64::MAX)
-        })?;
+        let live = self.charge_tenant(Some(account), bytes)?;
         if let Err(err) = self.charge_shared(bytes) {
             account.debit(bytes);
             return Err(err);
