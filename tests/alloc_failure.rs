@@ -11,6 +11,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use axon_buffer::{BufferPool, BufferPoolSnapshot, PoolClass, PoolError};
 use bytes::BufMut;
 
+mod common;
+use common::panic_message;
+
 const MIB: usize = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------
@@ -359,11 +362,8 @@ fn chunk_mut_on_a_full_buffer_panics_naming_try_reserve_when_the_allocator_fails
         let _ = buf.chunk_mut();
     }));
     drop(failing);
-    let msg = result.unwrap_err();
-    let msg = msg
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .unwrap_or("");
+    let payload = result.unwrap_err();
+    let msg = panic_message(&*payload);
     assert!(
         msg.contains("PooledBuf::try_reserve"),
         "panic message: {msg:?}"

@@ -16,7 +16,7 @@ use axon_buffer::{
 use bytes::BufMut;
 
 mod common;
-use common::assert_nothing_live;
+use common::{assert_nothing_live, panic_message};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -476,11 +476,8 @@ fn advance_mut_past_the_chunk_panics_and_leaves_the_length() {
         // fires, so no uninitialised byte ever becomes part of the buffer.
         unsafe { buf.advance_mut(lent + 1) };
     }));
-    let msg = result.unwrap_err();
-    let msg = msg
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .unwrap_or("");
+    let payload = result.unwrap_err();
+    let msg = panic_message(&*payload);
     assert!(msg.contains("advance_mut"), "panic message: {msg:?}");
     assert_eq!(buf.len(), 10);
     assert_eq!(&buf[..], b"0123456789");
@@ -518,11 +515,8 @@ fn put_slice_past_remaining_mut_panics_naming_try_reserve_and_changes_nothing() 
     assert_eq!(buf.remaining_mut(), 8092);
     let before = pool.snapshot();
     let result = catch_unwind(AssertUnwindSafe(|| buf.put_slice(&[4; 8093])));
-    let msg = result.unwrap_err();
-    let msg = msg
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .unwrap_or("");
+    let payload = result.unwrap_err();
+    let msg = panic_message(&*payload);
     assert!(
         msg.contains("PooledBuf::try_reserve"),
         "panic message: {msg:?}"
@@ -568,11 +562,8 @@ fn chunk_mut_on_a_full_buffer_panics_naming_try_reserve_when_the_hard_limit_refu
     let result = catch_unwind(AssertUnwindSafe(|| {
         let _ = buf.chunk_mut();
     }));
-    let msg = result.unwrap_err();
-    let msg = msg
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .unwrap_or("");
+    let payload = result.unwrap_err();
+    let msg = panic_message(&*payload);
     assert!(
         msg.contains("PooledBuf::try_reserve"),
         "panic message: {msg:?}"

@@ -1,4 +1,8 @@
 //! Helpers shared by the integration test binaries (`mod common;` in each).
+// Each binary uses a subset of these.
+#![allow(dead_code)]
+
+use std::any::Any;
 
 use axon_buffer::BufferPoolSnapshot;
 
@@ -22,4 +26,12 @@ pub(crate) fn assert_nothing_live(snap: &BufferPoolSnapshot) {
         "tenant_outstanding_buffers {:?}",
         snap.tenant_outstanding_buffers
     );
+}
+
+/// The message of a caught panic (`String` or `&str` payload), or "" for any other payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    match payload.downcast_ref::<String>() {
+        Some(message) => message,
+        None => payload.downcast_ref::<&str>().copied().unwrap_or(""),
+    }
 }
