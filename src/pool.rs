@@ -57,6 +57,11 @@ use crate::{BufferPoolSnapshot, OutstandingBuffer, PoolError, PooledBuf, Tenant}
 static GLOBAL_INNER: OnceLock<PoolInner> = OnceLock::new();
 static GLOBAL: OnceLock<BufferPool> = OnceLock::new();
 
+/// The process-global pool's state, created with the default configuration on first use.
+pub(crate) fn global_inner() -> &'static PoolInner {
+    GLOBAL_INNER.get_or_init(|| PoolInner::new(Config::default()))
+}
+
 /// A pool of byte buffers in four size classes, with per-tenant accounting.
 ///
 /// `BufferPool` is a cheap handle: clones share the same free lists, counters and tenants.
@@ -102,7 +107,7 @@ impl BufferPool {
     /// `'static` reference, so they bump no reference count.
     pub fn global() -> &'static BufferPool {
         GLOBAL.get_or_init(|| BufferPool {
-            inner: PoolRef::Static(GLOBAL_INNER.get_or_init(|| PoolInner::new(Config::default()))),
+            inner: PoolRef::global(global_inner()),
         })
     }
 
@@ -215,7 +220,7 @@ impl Default for BufferPool {
 impl fmt::Debug for BufferPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BufferPool")
-            .field("global", &matches!(self.inner, PoolRef::Static(_)))
+            .field("global", &self.inner.is_global())
             .field("config", &self.inner.config)
             .field("live_bytes", &self.live_bytes())
             .finish()
@@ -313,7 +318,7 @@ impl BufferPoolBuilder {
     /// A new pool with this configuration.
     pub fn build(self) -> BufferPool {
         BufferPool {
-            inner: PoolRef::Shared(Arc::new(PoolInner::new(self.config))),
+            inner: PoolRef::shared(Arc::new(PoolInner::new(self.config))),
         }
     }
 

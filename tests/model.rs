@@ -7,9 +7,9 @@
 //! The model shares no code with the crate: it has its own class table, its own free-list,
 //! cache-slot and budget-unit counts, and its own charge rules. It uses the crate's public
 //! names only to read figures. Where DESIGN.md leaves room, it follows what the crate
-//! documents: the thread cache in front of the Small and Medium lists (pool.rs, "Thread
-//! caches" and "Caps": 8 and 4 slots, refill half, spill half, at most one unit kept beyond
-//! the idle slabs), and the shared live figure that bounds reservations (and every charge of a pool
+//! documents: the thread cache in front of the shared lists (pool.rs, "Thread
+//! caches" and "Caps": 8, 4, 2 and 1 slabs, refill half, spill half, at most one unit kept
+//! beyond the idle slabs), and the shared live figure that bounds reservations (and every charge of a pool
 //! with `max_live_bytes`).
 //!
 //! Memory is real, so sizes stay cheap: big slabs are allocated but only touched by writes
@@ -475,36 +475,33 @@ struct Obj {
     refs: u32,
 }
 
-/// This thread's cache of Small and Medium slabs, in front of the shared lists (pool.rs:
-/// "each thread keeps up to 8 Small and 4 Medium slabs"). Single-threaded, the test thread
-/// has exactly one per pool.
-const CACHE_SLOTS: [usize; 2] = [8, 4];
+/// This thread's cache of slabs of every pooled class, in front of the shared lists
+/// (pool.rs: "each thread keeps up to 8 Small, 4 Medium, 2 Large and 1 Huge slab").
+/// Single-threaded, the test thread has exactly one per pool.
+const CACHE_SLOTS: [usize; 4] = [8, 4, 2, 1];
 
 /// Where slabs wait, and the idle budget they take. Both caps (`max_idle_per_class`,
-/// `max_idle_bytes`) are kept on *units*: one per slab on a shared list, and one per slot a
-/// thread cache holds, filled or not (a cache keeps the unit of a slab it hands out, so the
-/// next return needs no shared atomic; `trim` empties the slots but the units stay).
+/// `max_idle_bytes`) are kept on *units*: one per slab on a shared list, and one per slab a
+/// thread cache holds plus at most one spare (a cache keeps the unit of a slab it hands out,
+/// so the next return needs no shared atomic; `trim` empties the cache but the units stay).
 #[derive(Debug, Clone)]
 struct Idle {
     /// Slabs on the shared list, per pooled class.
     shared: [u64; 4],
     /// Units taken per pooled class: shared slabs plus units held by the cache.
     units: [u64; 4],
-    /// The cache's slots (Small, Medium): which hold a slab.
-    slots: [[bool; 8]; 2],
-    /// Units the cache holds, per cached class; slots from `held` on are always empty.
-    held: [usize; 2],
+    /// Slabs in the cache, per class.
+    cached: [usize; 4],
+    /// Units the cache holds, per class: never fewer than its slabs.
+    held: [usize; 4],
 }
 
 impl Idle {
-    fn filled(&self, k: usize) -> u64 {
-        self.slots[k].iter().filter(|&&f| f).count() as u64
-    }
-
     fn idle_slabs(&self) -> [u64; 4] {
         let mut idle = self.shared;
-        idle[0] += self.filled(0);
-        idle[1] += self.filled(1);
+        for (idle, cached) in idle.iter_mut().zip(self.cached) {
+            *idle += cached as u64;
+        }
         idle
     }
 
@@ -546,7 +543,7 @@ type ObjId = u64;
 
 /// The cache index of a class, if the thread caches it.
 fn cache_index(class: usize) -> Option<usize> {
-    (class < 2).then_some(class)
+    (class < 4).then_some(class)
 }
 
 impl Model {
@@ -562,8 +559,8 @@ impl Model {
             idle: Idle {
                 shared: [0; 4],
                 units: [0; 4],
-                slots: [[false; 8]; 2],
-                held: [0; 2],
+                cached: [0; 4],
+                held: [0; 4],
             },
             hits: [0; 4],
             misses: [0; 4],
@@ -672,26 +669,16 @@ impl Model {
         true
     }
 
-    /// A slab from the cache: from its held slots, else a refill of half its slots from
-    /// the shared list (one hit; the units of the moved slabs go to the cache, as many as it
-    /// needs).
+    /// A slab from the cache, else a refill of half its slots from the shared list (one
+    /// hit; the units of the moved slabs go to the cache, as many as it needs).
     fn take_cached(&mut self, k: usize) -> bool {
         let held = self.idle.held[k];
-        if let Some(i) = (0..held).find(|&i| self.idle.slots[k][i]) {
-            self.idle.slots[k][i] = false;
+        if self.idle.cached[k] > 0 {
+            self.idle.cached[k] -= 1;
             self.hits[k] += 1;
-            // At most one unit beyond the idle slabs: slabs above move down into the first
-            // free slots, in order, and the spare units go back.
-            let filled = self.idle.slots[k].iter().filter(|&&f| f).count();
-            let keep = filled + 1;
+            // At most one unit beyond the idle slabs: the spare units go back.
+            let keep = self.idle.cached[k] + 1;
             if held > keep {
-                for j in keep..held {
-                    if self.idle.slots[k][j] {
-                        self.idle.slots[k][j] = false;
-                        let free = (0..keep).find(|&f| !self.idle.slots[k][f]).unwrap();
-                        self.idle.slots[k][free] = true;
-                    }
-                }
                 self.idle.held[k] = keep;
                 self.idle.units[k] -= (held - keep) as u64;
             }
@@ -706,29 +693,23 @@ impl Model {
         let moved = take - 1;
         self.idle.held[k] = moved + 1;
         self.idle.units[k] -= held as u64;
-        for slot in &mut self.idle.slots[k][..moved] {
-            *slot = true;
-        }
+        self.idle.cached[k] = moved;
         true
     }
 
-    /// A returned slab into the cache: a free held slot, else (after spilling the upper half
-    /// of a full cache to the shared list) a newly reserved unit. False: no room.
+    /// A returned slab into the cache: a spare unit, else (after spilling the upper half of
+    /// a full cache to the shared list) a newly reserved unit. False: no room.
     fn give_cached(&mut self, k: usize) -> bool {
         let mut held = self.idle.held[k];
-        if let Some(i) = (0..held).find(|&i| !self.idle.slots[k][i]) {
-            self.idle.slots[k][i] = true;
+        if self.idle.cached[k] < held {
+            self.idle.cached[k] += 1;
             return true;
         }
         if held == CACHE_SLOTS[k] {
+            // Full (as many slabs as units): the upper half moves, units and all.
             let keep = held / 2;
-            let spilled = (keep..held).filter(|&i| self.idle.slots[k][i]).count();
-            for slot in &mut self.idle.slots[k][keep..held] {
-                *slot = false;
-            }
-            // The spilled slabs keep their units on the shared list; empty slots' go back.
-            self.idle.units[k] -= ((held - keep) - spilled) as u64;
-            self.idle.shared[k] += spilled as u64;
+            self.idle.shared[k] += (held - keep) as u64;
+            self.idle.cached[k] = keep;
             held = keep;
             self.idle.held[k] = held;
         }
@@ -736,7 +717,7 @@ impl Model {
             return false;
         }
         self.idle.held[k] = held + 1;
-        self.idle.slots[k][held] = true;
+        self.idle.cached[k] += 1;
         true
     }
 
@@ -976,7 +957,7 @@ impl Model {
             self.idle.units[c] -= self.idle.shared[c];
             self.idle.shared[c] = 0;
         }
-        self.idle.slots = [[false; 8]; 2];
+        self.idle.cached = [0; 4];
         freed
     }
 

@@ -5,11 +5,13 @@
 
 pub(crate) mod accounts;
 mod cache;
+mod fence;
 mod free_list;
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::ops::Deref;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 
@@ -19,7 +21,7 @@ use crate::leak::LeakTracker;
 use crate::snapshot::BufferPoolSnapshot;
 use crate::{PoolClass, PoolError};
 use accounts::{try_add_bounded, ChargeRefused, Departures, Registry, TenantAccount};
-use cache::{bump, cached_index, LocalCache, CACHED};
+use cache::{bump, cached_index, steal_all, LocalCache, Section, CACHED};
 use free_list::FreeList;
 
 /// Reservations (and charges made where no thread cache is reachable) may take the pool's
@@ -77,8 +79,8 @@ struct Counters {
     pool_limit_refusals: AtomicU64,
     promotions: AtomicU64,
     /// Figures of thread caches whose thread has exited, per cached class.
-    retired_hits: [AtomicU64; 2],
-    retired_returned: [AtomicU64; 2],
+    retired_hits: [AtomicU64; 4],
+    retired_returned: [AtomicU64; 4],
 }
 
 /// The state every handle, buffer and reservation of one pool shares.
@@ -86,6 +88,11 @@ struct Counters {
 pub(crate) struct PoolInner {
     pub(crate) config: Config,
     id: u64,
+    /// Buffers charge this thread's live figure (no `max_live_bytes` to check), so a
+    /// thread cache can serve an acquire in one section.
+    cache_charges: bool,
+    /// ... and its slabs return to the cache as they are (no `zero_on_release` either).
+    cache_returns: bool,
     free: [Mutex<FreeList>; 4],
     /// Idle-budget units taken, per class: idle slabs plus slots thread caches hold. Never
     /// above `max_idle_per_class`.
@@ -107,22 +114,53 @@ pub(crate) struct PoolInner {
 
 /// How a buffer, reservation or handle refers to its pool: the process-global pool by a
 /// `'static` reference (no reference count to bump), any other pool by an `Arc`. Either way
-/// the pool outlives every buffer taken from it.
+/// the pool outlives every buffer taken from it. Reaching the pool is one load, whichever
+/// it is.
 #[derive(Debug, Clone)]
-pub(crate) enum PoolRef {
-    Static(&'static PoolInner),
-    Shared(Arc<PoolInner>),
+pub(crate) struct PoolRef {
+    /// The pool: the global one, or the allocation `owner` keeps alive.
+    inner: NonNull<PoolInner>,
+    /// `None` for the process-global pool.
+    owner: Option<Arc<PoolInner>>,
+}
+
+// SAFETY: a `PoolRef` is a `&'static PoolInner` or an `Arc<PoolInner>` (plus a pointer to
+// the same pool), both `Send` because `PoolInner` is `Send + Sync`.
+unsafe impl Send for PoolRef {}
+// SAFETY: as for `Send`: shared access gives `&PoolInner` only, and `PoolInner` is `Sync`.
+unsafe impl Sync for PoolRef {}
+
+impl PoolRef {
+    /// The process-global pool (the only `'static` one).
+    pub(crate) fn global(inner: &'static PoolInner) -> PoolRef {
+        PoolRef {
+            inner: NonNull::from(inner),
+            owner: None,
+        }
+    }
+
+    /// Any other pool.
+    pub(crate) fn shared(inner: Arc<PoolInner>) -> PoolRef {
+        PoolRef {
+            inner: NonNull::from(&*inner),
+            owner: Some(inner),
+        }
+    }
+
+    /// Whether this is the process-global pool.
+    pub(crate) fn is_global(&self) -> bool {
+        self.owner.is_none()
+    }
 }
 
 impl Deref for PoolRef {
     type Target = PoolInner;
 
-    #[inline]
+    #[inline(always)]
     fn deref(&self) -> &PoolInner {
-        match self {
-            PoolRef::Static(inner) => inner,
-            PoolRef::Shared(inner) => inner,
-        }
+        // SAFETY: `inner` points to the global pool (`'static`), or into the allocation of
+        // `owner`, which this `PoolRef` keeps alive; `PoolInner` is only ever shared.
+        unsafe { self.inner.as_ref() }
     }
 }
 
@@ -154,7 +192,21 @@ impl Drop for Entry {
     }
 }
 
+/// This thread's cache for the process-global pool: its own slot, so the global pool's hot
+/// path needs no search.
+struct GlobalEntry(OnceCell<(&'static PoolInner, Arc<LocalCache>)>);
+
+impl Drop for GlobalEntry {
+    /// The thread is exiting: give the cache back to the global pool.
+    fn drop(&mut self) {
+        if let Some((inner, cache)) = self.0.get() {
+            inner.retire(cache);
+        }
+    }
+}
+
 thread_local! {
+    static GLOBAL_LOCAL: GlobalEntry = const { GlobalEntry(OnceCell::new()) };
     static LOCAL: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -181,39 +233,79 @@ impl PoolRef {
     /// destructor) or busy: callers then take the shared path.
     #[inline]
     fn local<R>(&self, f: impl FnOnce(&LocalCache) -> R) -> Option<R> {
-        self.with_local(true, f)
+        let cache = match self.cache_ptr() {
+            Some(cache) => cache,
+            None => self.register()?,
+        };
+        // SAFETY: `cache` points into an `Arc<LocalCache>` that this thread's entry holds
+        // (`GLOBAL_LOCAL`, or `LOCAL` for a pool that is alive: `self` keeps it so), and
+        // that the pool's registry holds until `retire`. Only the entry's destructor drops
+        // the one and calls the other, on this thread at its exit, never during this call;
+        // the reference is shared, as every access to a cache is (atomics and sections).
+        Some(f(unsafe { cache.as_ref() }))
     }
 
     /// [`Self::local`] for return paths: never registers (which allocates), so a `Drop` on
     /// a thread that has no cache yet takes the shared path and allocates nothing.
-    #[inline]
+    #[inline(always)]
     fn local_existing<R>(&self, f: impl FnOnce(&LocalCache) -> R) -> Option<R> {
-        self.with_local(false, f)
+        let cache = self.cache_ptr()?;
+        // SAFETY: as in `local`: this thread's entry and the pool's registry keep the
+        // cache alive for the whole call, and the reference is shared.
+        Some(f(unsafe { cache.as_ref() }))
+    }
+
+    /// This thread's cache for this pool, if it has one and its thread-local storage is
+    /// alive and not being changed.
+    #[inline(always)]
+    fn cache_ptr(&self) -> Option<NonNull<LocalCache>> {
+        if self.is_global() {
+            GLOBAL_LOCAL
+                .try_with(|entry| entry.0.get().map(|(_, cache)| NonNull::from(&**cache)))
+                .ok()
+                .flatten()
+        } else {
+            self.find_local()
+        }
     }
 
     #[inline]
-    fn with_local<R>(&self, register: bool, f: impl FnOnce(&LocalCache) -> R) -> Option<R> {
+    fn find_local(&self) -> Option<NonNull<LocalCache>> {
         let id = self.id;
         LOCAL
             .try_with(|entries| {
-                {
-                    let entries = entries.try_borrow().ok()?;
-                    if let Some(entry) = entries.iter().find(|e| e.pool_id == id) {
-                        return Some(f(&entry.cache));
-                    }
-                }
-                if !register {
-                    return None;
-                }
-                let cache = self.register_local(entries)?;
-                Some(f(&cache))
+                let entries = entries.try_borrow().ok()?;
+                let entry = entries.iter().find(|e| e.pool_id == id)?;
+                Some(NonNull::from(&*entry.cache))
             })
             .ok()
             .flatten()
     }
 
+    /// Registers this thread's cache for this pool (the first acquire on a thread).
     #[cold]
-    fn register_local(&self, entries: &RefCell<Vec<Entry>>) -> Option<Arc<LocalCache>> {
+    fn register(&self) -> Option<NonNull<LocalCache>> {
+        fence::init();
+        match &self.owner {
+            None => GLOBAL_LOCAL
+                .try_with(|entry| {
+                    let (_, cache) = entry.0.get_or_init(|| {
+                        let cache = Arc::new(LocalCache::new());
+                        self.caches.lock().push(Arc::clone(&cache));
+                        (crate::pool::global_inner(), cache)
+                    });
+                    NonNull::from(&**cache)
+                })
+                .ok(),
+            Some(_) => LOCAL
+                .try_with(|entries| self.register_local(entries))
+                .ok()
+                .flatten(),
+        }
+    }
+
+    #[cold]
+    fn register_local(&self, entries: &RefCell<Vec<Entry>>) -> Option<NonNull<LocalCache>> {
         let mut entries = entries.try_borrow_mut().ok()?;
         // Entries of pools that are gone hold nothing (the pool's drop emptied them).
         entries.retain(|e| match &e.pool {
@@ -222,16 +314,17 @@ impl PoolRef {
         });
         let cache = Arc::new(LocalCache::new());
         self.caches.lock().push(Arc::clone(&cache));
-        let pool = match self {
-            PoolRef::Static(inner) => WeakPool::Static(inner),
-            PoolRef::Shared(inner) => WeakPool::Shared(Arc::downgrade(inner)),
+        let pool = match &self.owner {
+            None => WeakPool::Static(crate::pool::global_inner()),
+            Some(inner) => WeakPool::Shared(Arc::downgrade(inner)),
         };
+        let ptr = NonNull::from(&*cache);
         entries.push(Entry {
             pool_id: self.id,
-            cache: Arc::clone(&cache),
+            cache,
             pool,
         });
-        Some(cache)
+        Some(ptr)
     }
 
     /// Charge and slab in one step, all or nothing: the hot path of an acquire. Returns the
@@ -245,19 +338,75 @@ impl PoolRef {
         capacity: usize,
     ) -> Result<(Vec<u8>, u64), PoolError> {
         let bytes = capacity as u64;
-        let tenant_live = self.charge_tenant(tenant, bytes)?;
-        let mut tried_cache = false;
-        if let (None, Some(k)) = (self.config.max_live_bytes, cached_index(class)) {
-            // One thread-local access for the charge and the slab.
+        let tenant_live = match tenant {
+            None => 0,
+            Some(account) => self.charge_tenant(account, bytes)?,
+        };
+        if self.cache_charges {
+            if let Some(k) = cached_index(class) {
+                if let Some(slab) = self.pop_cached(k, bytes) {
+                    return Ok((slab, tenant_live));
+                }
+            }
+        }
+        self.obtain_slow(tenant, class, capacity)
+            .map(|slab| (slab, tenant_live))
+    }
+
+    /// The common acquire: a slab from this thread's (already registered) cache, with the
+    /// charge on the thread's own live figure, in one section; `None` changes nothing.
+    #[inline]
+    fn pop_cached(&self, k: usize, bytes: u64) -> Option<Vec<u8>> {
+        self.local_existing(|cache| {
+            let section = cache.enter()?;
+            let slab = section.pop(k)?;
+            bump(&cache.hits[k], 1);
+            bump(&cache.live, bytes);
+            // Keep at most one unit beyond the slabs held: a thread that takes buffers and
+            // lets other threads drop them must not sit on budget their returns need. In
+            // the common acquire/drop cycle `held` equals the slabs held before the pop.
+            let keep = section.len(k) + 1;
+            if cache.held[k].load(Relaxed) > keep {
+                self.shrink_held(cache, k, keep);
+            }
+            Some(slab)
+        })
+        .flatten()
+    }
+
+    /// Gives back the units a cache holds beyond `keep`.
+    #[cold]
+    fn shrink_held(&self, cache: &LocalCache, k: usize, keep: usize) {
+        let held = cache.held[k].load(Relaxed);
+        cache.held[k].store(keep, Relaxed);
+        self.release_units(CACHED[k].0, held - keep);
+    }
+
+    /// The rest of [`Self::obtain`], the tenant already charged: registers this thread's
+    /// cache, refills it, or takes the shared path; undoes the tenant's charge on error.
+    #[inline(never)]
+    fn obtain_slow(
+        &self,
+        tenant: Option<&TenantAccount>,
+        class: PoolClass,
+        capacity: usize,
+    ) -> Result<Vec<u8>, PoolError> {
+        let bytes = capacity as u64;
+        let mut tried_shared = false;
+        if let (true, Some(k)) = (self.cache_charges, cached_index(class)) {
+            // One thread-local access and one section for the charge and the slab.
             let hit = self.local(|cache| {
-                let slab = self.take_cached(cache, k, class)?;
-                bump(&cache.live, bytes);
+                let section = cache.enter()?;
+                let slab = self.take_cached(&section, k, class);
+                if slab.is_some() {
+                    bump(&cache.live, bytes);
+                }
                 Some(slab)
             });
             match hit {
-                Some(Some(slab)) => return Ok((slab, tenant_live)),
-                Some(None) => tried_cache = true,
-                None => {}
+                Some(Some(Some(slab))) => return Ok(slab),
+                Some(Some(None)) => tried_shared = true,
+                _ => {}
             }
         }
         if let Err(err) = self.charge_pool(bytes) {
@@ -268,12 +417,10 @@ impl PoolRef {
         }
         let taken = match class {
             PoolClass::Oversize => self.allocate_oversize(capacity),
-            class if tried_cache => self.allocate_slab(class),
+            class if tried_shared => self.allocate_slab(class),
             class => self.take_slab(class),
         };
-        taken
-            .map(|slab| (slab, tenant_live))
-            .inspect_err(|_| self.debit(tenant, bytes))
+        taken.inspect_err(|_| self.debit(tenant, bytes))
     }
 
     /// Release and debit in one step: the hot path of a drop. See [`Self::release_slab`].
@@ -286,37 +433,51 @@ impl PoolRef {
         tenant: Option<&TenantAccount>,
         charged: u64,
     ) {
-        if let (None, Some(k), false) = (
-            self.config.max_live_bytes,
-            cached_index(class),
-            self.config.zero_on_release,
-        ) {
-            if slab.capacity() == class.capacity() {
-                if let Some(account) = tenant {
-                    account.debit(charged);
+        if let Some(account) = tenant {
+            account.debit(charged);
+        }
+        if self.cache_returns && slab.capacity() == class.capacity() {
+            if let Some(k) = cached_index(class) {
+                match self.push_cached(k, slab, charged) {
+                    Ok(()) => return,
+                    Err(slab) => return self.give_back_slow(slab, class, exposed, charged),
                 }
-                let mut slab = Some(slab);
-                let done = self.local_existing(|cache| {
-                    bump(&cache.live, charged.wrapping_neg());
-                    if let Some(slab) = slab.as_mut() {
-                        slab.clear();
-                    }
-                    self.give_cached(cache, k, class, &mut slab);
-                });
-                match (done, slab) {
-                    (Some(()), None) => {}
-                    (Some(()), Some(slab)) => self.give_shared(slab, class, true),
-                    (None, Some(slab)) => {
-                        self.live.fetch_sub(charged, Relaxed);
-                        self.release_slab(slab, class, exposed);
-                    }
-                    (None, None) => {} // impossible: the closure did not run, so it kept the slab
-                }
-                return;
             }
         }
+        self.give_back_slow(slab, class, exposed, charged);
+    }
+
+    /// The common drop: the slab into this thread's cache, for a unit it already holds,
+    /// with the debit on the thread's own live figure, in one section; `Err` changes
+    /// nothing. The slab must be of exactly its class's capacity.
+    #[inline]
+    fn push_cached(&self, k: usize, mut slab: Vec<u8>, charged: u64) -> Result<(), Vec<u8>> {
+        slab.clear();
+        let mut slab = Some(slab);
+        let done = self.local_existing(|cache| {
+            let section = cache.enter()?;
+            let held = cache.held[k].load(Relaxed);
+            let taken = slab.take()?;
+            if let Err(back) = section.push(k, held, taken) {
+                slab = Some(back);
+                return None;
+            }
+            bump(&cache.returned[k], 1);
+            bump(&cache.live, charged.wrapping_neg());
+            Some(())
+        });
+        match (done, slab) {
+            (Some(Some(())), _) => Ok(()),
+            (_, Some(slab)) => Err(slab),
+            (_, None) => Ok(()), // cannot happen: the slab is pushed only on success
+        }
+    }
+
+    /// The rest of [`Self::give_back`], the tenant already debited.
+    #[inline(never)]
+    fn give_back_slow(&self, slab: Vec<u8>, class: PoolClass, exposed: usize, charged: u64) {
         self.release_slab(slab, class, exposed);
-        self.debit(tenant, charged);
+        self.debit(None, charged);
     }
 
     /// Charges `bytes` to the tenant (if any) and the pool, all or nothing (a promotion).
@@ -325,7 +486,10 @@ impl PoolRef {
         tenant: Option<&TenantAccount>,
         bytes: u64,
     ) -> Result<u64, PoolError> {
-        let tenant_live = self.charge_tenant(tenant, bytes)?;
+        let tenant_live = match tenant {
+            None => 0,
+            Some(account) => self.charge_tenant(account, bytes)?,
+        };
         if let Err(err) = self.charge_pool(bytes) {
             if let Some(account) = tenant {
                 account.debit(bytes);
@@ -365,11 +529,15 @@ impl PoolRef {
     /// A slab of exactly `class.capacity()` bytes, empty: from this thread's cache or the
     /// class's free list (a hit), or freshly allocated (a miss). `class` must not be Oversize.
     pub(crate) fn take_slab(&self, class: PoolClass) -> Result<Vec<u8>, PoolError> {
-        let hit = match cached_index(class) {
-            Some(k) => self
-                .local(|cache| self.take_cached(cache, k, class))
-                .flatten()
-                .or_else(|| self.take_shared(class)),
+        let cached = cached_index(class).and_then(|k| {
+            self.local(|cache| {
+                let section = cache.enter()?;
+                Some(self.take_cached(&section, k, class))
+            })
+            .flatten()
+        });
+        let hit = match cached {
+            Some(hit) => hit,
             None => self.take_shared(class),
         };
         match hit {
@@ -378,68 +546,54 @@ impl PoolRef {
         }
     }
 
+    /// A slab from the cache, refilled from the shared list when empty; `None` when both
+    /// are empty.
     #[inline]
-    fn take_cached(&self, cache: &LocalCache, k: usize, class: PoolClass) -> Option<Vec<u8>> {
-        let held = cache.held[k].load(Relaxed);
-        if let Some(slab) = cache.slots[k].pop(held) {
+    fn take_cached(&self, section: &Section<'_>, k: usize, class: PoolClass) -> Option<Vec<u8>> {
+        let cache = section.cache();
+        if let Some(slab) = section.pop(k) {
             bump(&cache.hits[k], 1);
-            if held > 1 {
-                self.shrink_held(cache, k, class, held);
+            let keep = section.len(k) + 1;
+            if cache.held[k].load(Relaxed) > keep {
+                self.shrink_held(cache, k, keep);
             }
             return Some(slab);
         }
-        // Empty: refill half the slots from the shared list under one lock. The batch's
-        // storage is reserved outside the lock, and fallibly: without it, only the one slab.
-        let limit = cache.slots[k].limit();
+        self.refill(section, k, class)
+    }
+
+    /// The cache is empty: takes one slab and up to half the slots' worth more from the
+    /// shared list, under one lock. The batch's storage is reserved outside the lock, and
+    /// fallibly: without it, only the one slab.
+    #[cold]
+    fn refill(&self, section: &Section<'_>, k: usize, class: PoolClass) -> Option<Vec<u8>> {
+        let cache = section.cache();
+        let half = LocalCache::limit(k) / 2;
         let mut batch: Vec<Vec<u8>> = Vec::new();
-        let batched = batch.try_reserve_exact(limit / 2).is_ok();
+        let batched = batch.try_reserve_exact(half).is_ok();
         let slab = {
             let mut list = self.free[class.index()].lock();
             let slab = list.slabs.pop()?;
             list.hits += 1;
             if batched {
-                let at = list.slabs.len().saturating_sub(limit / 2);
+                let at = list.slabs.len().saturating_sub(half);
                 batch.extend(list.slabs.drain(at..));
             }
             slab
         };
-        // Every slab from the list carried a unit of idle budget; keep as many units as the
-        // cache now needs (the slots are empty: the moved slabs go to the first ones), give
-        // back the rest.
-        // Keep the moved slabs' units plus one spare (for the buffer now leaving); give back
-        // the units the empty slots held, and the rest.
-        let moved = batch.len();
-        let keep = moved + 1;
+        // Every slab from the list carried a unit of idle budget. Keep the moved slabs'
+        // units plus one spare (for the buffer now leaving); give back the units the empty
+        // cache held.
+        let held = cache.held[k].load(Relaxed);
+        let keep = batch.len() + 1;
         cache.held[k].store(keep, Relaxed);
         self.release_units(class, held);
         for idle in batch {
-            if let Err(idle) = cache.slots[k].push(keep, idle) {
-                self.give_shared(idle, class, false); // cannot happen: moved <= keep free slots
+            if let Err(idle) = section.push(k, keep, idle) {
+                self.give_shared(idle, class, false); // cannot happen: moved < keep free slots
             }
         }
         Some(slab)
-    }
-
-    /// Keeps at most one unit beyond the cache's idle slabs: a thread that takes buffers
-    /// and lets other threads drop them must not sit on idle budget those threads' returns
-    /// need. The one spare keeps the common acquire/drop cycle free of shared atomics.
-    /// Slabs above the new bound move down, so slots from `held` on stay empty.
-    #[cold]
-    fn shrink_held(&self, cache: &LocalCache, k: usize, class: PoolClass, held: usize) {
-        let slots = &cache.slots[k];
-        let keep = slots.filled() + 1;
-        if held <= keep {
-            return;
-        }
-        for i in keep..held {
-            if let Some(idle) = slots.pop_at(i) {
-                // Cannot fail: fewer than `keep` slabs remain below `keep`. If it did, the
-                // slab is freed and its unit goes with the others below.
-                let _ = slots.push(keep, idle);
-            }
-        }
-        cache.held[k].store(keep, Relaxed);
-        self.release_units(class, held - keep);
     }
 
     /// Takes back a slab whose buffer is gone: into this thread's cache, onto its class's
@@ -460,8 +614,12 @@ impl PoolRef {
         }
         if let Some(k) = cached_index(class) {
             let mut slab = Some(slab);
-            self.local_existing(|cache| self.give_cached(cache, k, class, &mut slab));
-            // Still here: no thread-local storage, or the cache could get no budget unit.
+            self.local_existing(|cache| {
+                if let Some(section) = cache.enter() {
+                    self.give_cached(&section, k, class, &mut slab);
+                }
+            });
+            // Still here: no thread-local storage, a stealer at work, or no budget unit.
             if let Some(slab) = slab {
                 self.give_shared(slab, class, true);
             }
@@ -475,41 +633,56 @@ impl PoolRef {
     #[inline]
     fn give_cached(
         &self,
-        cache: &LocalCache,
+        section: &Section<'_>,
         k: usize,
         class: PoolClass,
         slab: &mut Option<Vec<u8>>,
     ) {
-        let slots = &cache.slots[k];
-        let mut held = cache.held[k].load(Relaxed);
-        let Some(taken) = slab.take() else {
+        let cache = section.cache();
+        let held = cache.held[k].load(Relaxed);
+        let Some(mut taken) = slab.take() else {
             return;
         };
-        // A free slot among the held ones: no shared atomic at all.
-        let taken = match slots.push(held, taken) {
-            Ok(()) => return bump(&cache.returned[k], 1),
-            Err(back) => back,
-        };
-        if held == slots.limit() {
+        taken.clear();
+        // A unit for it already: no shared atomic at all.
+        match section.push(k, held, taken) {
+            Ok(()) => bump(&cache.returned[k], 1),
+            Err(back) => self.give_cached_slow(section, k, class, back, slab),
+        }
+    }
+
+    /// The cache has no unit to spare: spill half of it when full, then reserve a unit.
+    #[cold]
+    fn give_cached_slow(
+        &self,
+        section: &Section<'_>,
+        k: usize,
+        class: PoolClass,
+        taken: Vec<u8>,
+        slab: &mut Option<Vec<u8>>,
+    ) {
+        let cache = section.cache();
+        let mut held = cache.held[k].load(Relaxed);
+        if taken.capacity() != class.capacity() {
+            *slab = Some(taken); // cannot happen: callers checked; the shared path frees it
+            return;
+        }
+        if held >= LocalCache::limit(k) {
             // Full: move the upper half to the shared list under one lock; their units go
-            // with them, and the slots from `held` on stay empty.
+            // with them.
             let keep = held / 2;
             let mut list = self.free[class.index()].lock();
             let room = list.slabs.try_reserve(held - keep).is_ok();
             let mut moved = 0;
-            for i in keep..held {
-                if let Some(idle) = slots.pop_at(i) {
-                    match room {
-                        true => {
-                            list.slabs.push(idle);
-                            moved += 1;
-                        }
-                        false => drop(idle), // freed: no room on the list's storage
-                    }
-                }
+            while section.len(k) > keep {
+                let Some(idle) = section.pop(k) else { break };
+                if room {
+                    list.slabs.push(idle);
+                    moved += 1;
+                } // else freed: no room on the list's storage
             }
             drop(list);
-            self.release_units(class, (held - keep) - moved); // emptied or freed slots
+            self.release_units(class, (held - keep) - moved); // units of freed slabs
             held = keep;
             cache.held[k].store(held, Relaxed);
         }
@@ -519,9 +692,14 @@ impl PoolRef {
         }
         held += 1;
         cache.held[k].store(held, Relaxed);
-        match slots.push(held, taken) {
+        match section.push(k, held, taken) {
             Ok(()) => bump(&cache.returned[k], 1),
-            Err(back) => *slab = Some(back), // cannot happen: slot `held - 1` is empty
+            Err(back) => {
+                // Cannot happen: fewer than `held` slabs are cached. Undo the unit.
+                cache.held[k].store(held - 1, Relaxed);
+                self.release_units(class, 1);
+                *slab = Some(back);
+            }
         }
     }
 }
@@ -531,6 +709,8 @@ impl PoolInner {
         let slots = config.max_idle_per_class;
         PoolInner {
             id: NEXT_POOL_ID.fetch_add(1, Relaxed),
+            cache_charges: config.max_live_bytes.is_none(),
+            cache_returns: config.max_live_bytes.is_none() && !config.zero_on_release,
             free: std::array::from_fn(|_| Mutex::new(FreeList::with_capacity(slots))),
             idle_units: Default::default(),
             idle_budget: AtomicU64::new(0),
@@ -571,12 +751,9 @@ impl PoolInner {
         }
     }
 
-    /// Charges `bytes` to the tenant, if any, within its hard limit; returns its live bytes
-    /// after the charge (0 without a tenant).
-    fn charge_tenant(&self, tenant: Option<&TenantAccount>, bytes: u64) -> Result<u64, PoolError> {
-        let Some(account) = tenant else {
-            return Ok(0);
-        };
+    /// Charges `bytes` to the tenant within its hard limit; returns its live bytes after the
+    /// charge.
+    fn charge_tenant(&self, account: &TenantAccount, bytes: u64) -> Result<u64, PoolError> {
         account.try_charge(bytes).map_err(|refused| {
             if refused == ChargeRefused::Overflow {
                 self.counters.too_large.fetch_add(1, Relaxed);
@@ -628,7 +805,7 @@ impl PoolInner {
         account: &TenantAccount,
         bytes: u64,
     ) -> Result<u64, PoolError> {
-        let live = self.charge_tenant(Some(account), bytes)?;
+        let live = self.charge_tenant(account, bytes)?;
         if let Err(err) = self.charge_shared(bytes) {
             account.debit(bytes);
             return Err(err);
@@ -767,7 +944,7 @@ impl PoolInner {
 
     /// A thread's cache comes home: its figures fold into the pool's (under the registry
     /// lock, so a snapshot sees them exactly once), its units go back, its slabs go to the
-    /// shared lists (or are freed when those have no room).
+    /// shared lists (or are freed when those have no room). Runs on the cache's own thread.
     fn retire(&self, cache: &Arc<LocalCache>) {
         {
             let mut caches = self.caches.lock();
@@ -779,12 +956,17 @@ impl PoolInner {
             }
             caches.retain(|other| !Arc::ptr_eq(other, cache));
         }
+        // Out of the registry, no stealer can reach the cache any more (a steal holds the
+        // registry lock throughout), so the section cannot be refused; if it were, the
+        // slabs would be freed with the cache.
+        let section = cache.enter();
         for (k, (class, _)) in CACHED.into_iter().enumerate() {
-            let slabs = cache.slots[k].steal_all();
-            self.release_units(class, cache.held[k].swap(0, Relaxed));
-            for slab in slabs {
-                self.give_shared(slab, class, false);
+            if let Some(section) = &section {
+                while let Some(slab) = section.pop(k) {
+                    self.give_shared(slab, class, false);
+                }
             }
+            self.release_units(class, cache.held[k].swap(0, Relaxed));
         }
     }
 
@@ -808,13 +990,12 @@ impl PoolInner {
             self.release_units(class, count);
             freed += count as u64 * class.capacity() as u64;
         }
-        let caches: Vec<Arc<LocalCache>> = self.caches.lock().clone();
-        for cache in caches {
-            for (k, (class, _)) in CACHED.into_iter().enumerate() {
-                let slabs = cache.slots[k].steal_all();
-                freed += slabs.len() as u64 * class.capacity() as u64;
-            }
-        }
+        // The registry lock keeps other stealers out and the caches registered meanwhile.
+        let caches = self.caches.lock();
+        steal_all(caches.iter().map(|c| &**c), |k, slab| {
+            freed += CACHED[k].0.capacity() as u64;
+            drop(slab);
+        });
         freed
     }
 
@@ -855,7 +1036,7 @@ impl PoolInner {
                 for cache in caches.iter() {
                     cached_hits[i] += cache.hits[k].load(Relaxed);
                     cached_returned[i] += cache.returned[k].load(Relaxed);
-                    cached_idle[i] += cache.slots[k].filled() as u64;
+                    cached_idle[i] += cache.idle(k) as u64;
                 }
             }
             live = self.sum_live(&caches);
@@ -919,12 +1100,11 @@ impl PoolInner {
 
 impl Drop for PoolInner {
     /// The last handle and buffer are gone: free what thread caches still hold (their
-    /// threads' entries outlive the pool and must not keep its slabs).
+    /// threads' entries outlive the pool and must not keep its slabs). No thread can be in
+    /// a section of this pool (that takes a handle or a buffer); if the fence fails anyway,
+    /// each cache frees its slabs when its thread lets go of it.
     fn drop(&mut self) {
-        for cache in self.caches.get_mut().iter() {
-            for slots in &cache.slots {
-                drop(slots.steal_all());
-            }
-        }
+        let caches = self.caches.get_mut();
+        steal_all(caches.iter().map(|c| &**c), |_, slab| drop(slab));
     }
 }
