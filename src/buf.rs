@@ -66,7 +66,7 @@ pub struct PooledBuf {
 impl PooledBuf {
     /// The one way a buffer comes to be: refuse oversized requests, charge, then take the
     /// slab, undoing the charge if the allocator refuses.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_new(
         pool: PoolRef,
         tenant: Option<Arc<TenantAccount>>,
@@ -438,6 +438,24 @@ fn lying_reader(read: usize, lent: usize) -> io::Error {
 impl Drop for PooledBuf {
     #[inline]
     fn drop(&mut self) {
+        if self.tenant.is_some() || self.tracked.is_some() {
+            // Kept out of line, so the common drop stays small.
+            return self.drop_accounted();
+        }
+        let slab = std::mem::take(&mut self.slab);
+        if slab.capacity() == 0 {
+            return; // into_vec took it and settled the accounts
+        }
+        let exposed = self.exposed.max(slab.len());
+        self.pool
+            .give_back(slab, self.class, exposed, None, self.charged);
+    }
+}
+
+impl PooledBuf {
+    /// [`Drop`] for a buffer with a tenant or a leak-tracker record.
+    #[inline(never)]
+    fn drop_accounted(&mut self) {
         let slab = std::mem::take(&mut self.slab);
         if slab.capacity() == 0 {
             return; // into_vec took it and settled the accounts

@@ -330,7 +330,7 @@ impl PoolRef {
     /// Charge and slab in one step, all or nothing: the hot path of an acquire. Returns the
     /// slab (empty, of exactly `capacity`) and the tenant's live bytes after the charge. The
     /// soft limit is not counted here: the caller counts it once it holds the slab.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn obtain(
         &self,
         tenant: Option<&TenantAccount>,
@@ -355,7 +355,7 @@ impl PoolRef {
 
     /// The common acquire: a slab from this thread's (already registered) cache, with the
     /// charge on the thread's own live figure, in one section; `None` changes nothing.
-    #[inline]
+    #[inline(always)]
     fn pop_cached(&self, k: usize, bytes: u64) -> Option<Vec<u8>> {
         self.local_existing(|cache| {
             let section = cache.enter()?;
@@ -424,7 +424,7 @@ impl PoolRef {
     }
 
     /// Release and debit in one step: the hot path of a drop. See [`Self::release_slab`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn give_back(
         &self,
         slab: Vec<u8>,
@@ -450,7 +450,7 @@ impl PoolRef {
     /// The common drop: the slab into this thread's cache, for a unit it already holds,
     /// with the debit on the thread's own live figure, in one section; `Err` changes
     /// nothing. The slab must be of exactly its class's capacity.
-    #[inline]
+    #[inline(always)]
     fn push_cached(&self, k: usize, mut slab: Vec<u8>, charged: u64) -> Result<(), Vec<u8>> {
         slab.clear();
         let mut slab = Some(slab);
