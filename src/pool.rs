@@ -5,13 +5,17 @@
 //! * **Classes.** Four pooled size classes (4 KiB, 64 KiB, 1 MiB, 10 MiB), each with a free
 //!   list of slabs of exactly the class's capacity, and an Oversize path allocated to size
 //!   and never pooled (the seed's table).
-//! * **Thread caches.** In front of the Small and Medium lists, each thread keeps up to 8
-//!   Small and 4 Medium slabs in `AtomicPtr` slots: the thread pops with one `swap` and
-//!   pushes with one plain `store`; `trim`, `snapshot`, pool drop and thread exit reach the
-//!   slots through the pool's registry (the protocol, and its loom model, are in
-//!   `inner/cache.rs`). An empty cache refills half its slots from the shared list under
-//!   one lock; a full one spills half, so a producer/consumer pair on two threads pays the
-//!   shared lock once per few buffers.
+//! * **Thread caches.** In front of the shared lists, each thread keeps a stack of up to 8
+//!   Small, 4 Medium, 2 Large and 1 Huge slab per pool. Its thread works on it with plain
+//!   loads and stores: a section starts with a store, a compiler fence and a load, and ends
+//!   with a store. `trim` and pool drop reach the stacks through the pool's registry with
+//!   an asymmetric fence (`membarrier(2)` on Linux; `SeqCst` fences elsewhere and under
+//!   Miri and loom), and a thread's own exit folds its cache back; the protocol, and the
+//!   loom models that check it, are in `inner/cache.rs` and `inner/fence.rs`. An empty
+//!   cache refills half its slots from the shared list under one lock; a full one spills
+//!   half, so a producer/consumer pair on two threads pays the shared lock once per few
+//!   buffers. The global pool's cache has its own thread-local slot; other pools' caches
+//!   are found by pool id.
 //! * **Shared lists.** One `parking_lot::Mutex<Vec<Vec<u8>>>` per class, held only for a
 //!   pop, a push or a batch move; allocation, copying and zeroing happen outside it. The
 //!   class's hit and return counters live under the same lock.
@@ -30,23 +34,28 @@
 //!   allocator refuses, so a refused request moves no hit, miss, idle or live figure.
 //! * **Orderings.** Every counter is `Relaxed`: none publishes memory (slabs travel through
 //!   the mutexes, the slots' `Release`/`Acquire` pairs, or by ownership), and each figure is
-//!   exact on its own. Per-thread figures are written only by their thread.
+//!   exact on its own. Per-thread figures are written only by their thread. The caches'
+//!   `busy` / `stealing` flags carry the `Release`/`Acquire` pairs that hand a stack from
+//!   its thread to a stealer and back.
 //! * **Handles.** Buffers of the global pool refer to it by `&'static` (no reference count);
 //!   buffers of other pools hold an `Arc` of the shared state, so they are `'static` and keep
-//!   their pool alive.
+//!   their pool alive. Either way reaching the pool is one pointer load.
 //!
 //! # Figures that chose it
 //!
-//! On the 2-core reference machine a locked instruction costs about 7 ns and glibc's
-//! `Vec::with_capacity(4096)` + 64-byte write + drop about 19 ns (reusing one `Vec`: 2.5 ns).
-//! The first design (mutex lists, shared atomics) took eight locked instructions per Small
-//! cycle: 89 ns, 736 instructions (callgrind). The thread cache takes one: about 460
-//! instructions and, with criterion, 30.5 ns against glibc's 18.1 ns and the seed-style
-//! mutex pool's 30.1 ns. The pool does not beat glibc's lock-free per-thread free list on
-//! small cycles; it wins where allocation is expensive (large slabs: a 10 MiB freeze is
-//! 307 ns instead of a 727 µs copy) and in what it tells. A tenant costs one
-//! compare-and-swap and one subtraction: +20.6 ns. All figures against `Vec`, `BytesMut`
-//! and the peer crates are in the README's Performance section and `benches/README.md`.
+//! On the 2-core reference machine an uncontended locked instruction costs 7-7.7 ns and
+//! glibc's `Vec::with_capacity(4096)` + 64-byte write + drop 17.5-29 ns (reusing one `Vec`:
+//! 2.2 ns). The first design (mutex lists, shared atomics) took eight locked instructions
+//! per Small cycle: 89 ns, 736 instructions (callgrind). A thread cache of `AtomicPtr`
+//! slots popped with one `swap` took one: about 460 instructions, 30.5 ns, and 63 ns for
+//! the uncached Large and Huge classes. The stacks guarded by an asymmetric fence take
+//! none: about 250 instructions and, with criterion, 11.6-12.1 ns at every class, against
+//! lifeguard's 10.4-12.4 ns and opool's 14.4-15.3 ns; two threads cycling at once stay at
+//! 11.1 ns (`Vec`: 40.3 ns). Inlining the acquire and drop paths into each caller was
+//! worth 6 ns of that (17 ns before). A tenant costs four locked instructions (the
+//! account's `Arc` clone and drop, the charge's compare-and-swap, the debit): +25 ns. All
+//! figures against `Vec`, `BytesMut` and the peer crates are in the README's Performance
+//! section and `benches/README.md`.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
