@@ -405,3 +405,45 @@ fn oversize_slabs_are_freed_on_drop_never_retained() {
     assert_eq!(snap.discarded_total[&PoolClass::Oversize], 1);
     assert_eq!(pool.trim(), 0);
 }
+
+/// `trim` on one thread frees the slabs cached by another thread that is still alive (the
+/// asymmetric-fence steal, `membarrier(2)` on Linux), and that thread's cache keeps working
+/// afterwards.
+#[test]
+fn trim_frees_slabs_cached_by_a_live_thread() {
+    use std::sync::Barrier;
+    let pool = BufferPool::default();
+    let cached = Barrier::new(2);
+    let trimmed = Barrier::new(2);
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            // One slab of each class comes back into this thread's cache.
+            drop([1, 5000, 100_000, 2 << 20].map(|n| pool.acquire(n)));
+            cached.wait();
+            trimmed.wait();
+            // The stolen-from cache serves again: a miss (the slab was freed), then a hit.
+            drop(pool.acquire(1));
+            drop(pool.acquire(1));
+        });
+        cached.wait();
+        let before = pool.snapshot();
+        let idle: u64 = before.idle_slabs.values().sum();
+        assert_eq!(idle, 4, "the live thread caches one slab per class");
+        let counted = counts();
+        assert_eq!(pool.trim(), 4096 + 65536 + (1 << 20) + (10 << 20));
+        let freed: u64 = counts()
+            .freed
+            .iter()
+            .zip(counted.freed)
+            .map(|(a, b)| a - b)
+            .sum();
+        assert_eq!(freed, 4, "trim freed the live thread's cached slabs");
+        assert_eq!(pool.snapshot().idle_bytes, 0);
+        trimmed.wait();
+        worker.join().unwrap();
+    });
+    let after = pool.snapshot();
+    assert_eq!(after.pool_misses[&PoolClass::Small], 2);
+    assert_eq!(after.pool_hits[&PoolClass::Small], 1);
+    assert_eq!(after.live_bytes, 0);
+}

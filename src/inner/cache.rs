@@ -286,6 +286,9 @@ pub(crate) fn steal_all<'a>(
     caches: impl Iterator<Item = &'a LocalCache> + Clone,
     mut take: impl FnMut(usize, Vec<u8>),
 ) -> bool {
+    if caches.clone().next().is_none() {
+        return true; // nothing to steal: no fence needed
+    }
     for cache in caches.clone() {
         cache.stealing.store(true, Relaxed);
     }

@@ -237,11 +237,11 @@ impl PoolRef {
             Some(cache) => cache,
             None => self.register()?,
         };
-        // SAFETY: `cache` points into an `Arc<LocalCache>` that this thread's entry holds
-        // (`GLOBAL_LOCAL`, or `LOCAL` for a pool that is alive: `self` keeps it so), and
-        // that the pool's registry holds until `retire`. Only the entry's destructor drops
-        // the one and calls the other, on this thread at its exit, never during this call;
-        // the reference is shared, as every access to a cache is (atomics and sections).
+        // `cache` points into an `Arc<LocalCache>` held by this thread's entry (`GLOBAL_LOCAL`,
+        // or `LOCAL` for a pool that is alive: `self` keeps it so) and by the pool's registry
+        // until `retire`; only the entry's destructor lets go of both.
+        // SAFETY: so the cache outlives this call (that destructor runs on this thread at its
+        // exit, never during it), and the reference is shared, as every access to a cache is.
         Some(f(unsafe { cache.as_ref() }))
     }
 
