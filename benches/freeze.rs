@@ -5,7 +5,11 @@
 //! - `axon`: `PooledBuf::freeze()` (zero copy), one clone, both dropped, which returns
 //!   the slab to the pool;
 //! - `bytes-copy`: `Bytes::copy_from_slice` of the same filled bytes, one clone, both
-//!   dropped: what a pool without a zero-copy freeze costs.
+//!   dropped: what a pool without a zero-copy freeze costs;
+//! - `from-owner-floor`: `Bytes::from_owner` of an owner whose drop does nothing (a
+//!   `&'static [u8]`), one clone, both dropped: what `bytes` itself charges for any
+//!   zero-copy freeze through `from_owner` (its owner box and reference counts), the floor
+//!   under the `axon` arm.
 //!
 //! Only freeze, clone and drop are timed (`iter_custom`). Filling is not: the buffers of
 //! a batch are filled first, then the clock runs over the whole batch, so the cost of
@@ -22,6 +26,15 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 
 mod common;
 use common::{config, source, KIB, MIB};
+
+/// An owner for `Bytes::from_owner` whose drop frees nothing.
+struct StaticOwner(&'static [u8]);
+
+impl AsRef<[u8]> for StaticOwner {
+    fn as_ref(&self) -> &[u8] {
+        self.0
+    }
+}
 
 /// Buffers filled ahead of one timed region.
 const BATCH: u64 = 8;
@@ -66,6 +79,20 @@ fn freeze(c: &mut Criterion) {
             })
         });
 
+        // Leaked once per group: the owner must outlive every `Bytes` and free nothing.
+        let leaked: &'static [u8] = Box::leak(src.clone().into_boxed_slice());
+        group.bench_function("from-owner-floor", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let frozen = black_box(Bytes::from_owner(StaticOwner(black_box(leaked))));
+                    let clone = black_box(frozen.clone());
+                    drop(clone);
+                    drop(frozen);
+                }
+                start.elapsed()
+            })
+        });
         group.bench_function("bytes-copy", |b| {
             b.iter_custom(|iters| {
                 let mut measured = Duration::ZERO;

@@ -660,12 +660,17 @@ impl Model {
 
     /// One unit of idle budget for `class`, if both caps have room.
     fn reserve_unit(&mut self, class: usize) -> bool {
-        if self.idle.units[class] >= self.s.idle_per_class
-            || self.idle.budget() + CLASS_CAP[class] > self.s.idle_bytes
+        self.reserve_units(class, 1)
+    }
+
+    /// `n` units at once, or none.
+    fn reserve_units(&mut self, class: usize, n: u64) -> bool {
+        if self.idle.units[class] + n > self.s.idle_per_class
+            || self.idle.budget() + n * CLASS_CAP[class] > self.s.idle_bytes
         {
             return false;
         }
-        self.idle.units[class] += 1;
+        self.idle.units[class] += n;
         true
     }
 
@@ -713,10 +718,15 @@ impl Model {
             held = keep;
             self.idle.held[k] = held;
         }
-        if !self.reserve_unit(k) {
+        // Two units when the cache has room (this slab's and a spare), else one.
+        let got = if held + 2 <= CACHE_SLOTS[k] && self.reserve_units(k, 2) {
+            2
+        } else if self.reserve_unit(k) {
+            1
+        } else {
             return false;
-        }
-        self.idle.held[k] = held + 1;
+        };
+        self.idle.held[k] = held + got;
         self.idle.cached[k] += 1;
         true
     }
