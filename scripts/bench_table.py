@@ -154,9 +154,9 @@ def cycle_ratios(res):
 def other_groups(res):
     rows = []
     for group, arms in [
-        ("freeze-small", ["axon", "bytes-copy"]),
-        ("freeze-large", ["axon", "bytes-copy"]),
-        ("freeze-huge", ["axon", "bytes-copy"]),
+        ("freeze-small", ["axon", "from-owner-floor", "bytes-copy"]),
+        ("freeze-large", ["axon", "from-owner-floor", "bytes-copy"]),
+        ("freeze-huge", ["axon", "from-owner-floor", "bytes-copy"]),
         ("threads-two-cycling", ["axon", "vec", "seed-mutex"]),
         ("threads-return", ["cross-thread", "same-thread"]),
         ("growth-3MiB", ["axon", "vec", "bytes-mut"]),

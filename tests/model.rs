@@ -660,17 +660,12 @@ impl Model {
 
     /// One unit of idle budget for `class`, if both caps have room.
     fn reserve_unit(&mut self, class: usize) -> bool {
-        self.reserve_units(class, 1)
-    }
-
-    /// `n` units at once, or none.
-    fn reserve_units(&mut self, class: usize, n: u64) -> bool {
-        if self.idle.units[class] + n > self.s.idle_per_class
-            || self.idle.budget() + n * CLASS_CAP[class] > self.s.idle_bytes
+        if self.idle.units[class] >= self.s.idle_per_class
+            || self.idle.budget() + CLASS_CAP[class] > self.s.idle_bytes
         {
             return false;
         }
-        self.idle.units[class] += n;
+        self.idle.units[class] += 1;
         true
     }
 
@@ -718,15 +713,10 @@ impl Model {
             held = keep;
             self.idle.held[k] = held;
         }
-        // Two units when the cache has room (this slab's and a spare), else one.
-        let got = if held + 2 <= CACHE_SLOTS[k] && self.reserve_units(k, 2) {
-            2
-        } else if self.reserve_unit(k) {
-            1
-        } else {
+        if !self.reserve_unit(k) {
             return false;
-        };
-        self.idle.held[k] = held + got;
+        }
+        self.idle.held[k] = held + 1;
         self.idle.cached[k] += 1;
         true
     }

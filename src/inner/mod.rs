@@ -686,27 +686,21 @@ impl PoolRef {
             held = keep;
             cache.held[k].store(held, Relaxed);
         }
-        // Two units when the cache has room: this slab's and a spare for the next one, so
-        // a burst of returns reserves once per two slabs and the cache still holds at most
-        // one unit beyond its slabs.
-        let got = if held + 2 <= LocalCache::limit(k) && self.reserve_units(class, 2) {
-            2
-        } else if self.reserve_unit(class) {
-            1
-        } else {
+        if !self.reserve_unit(class) {
             *slab = Some(taken);
             return;
-        };
-        held += got;
-        cache.held[k].store(held, Relaxed);
-        if let Err(back) = section.push(k, held, taken) {
-            // Cannot happen: fewer than `held` slabs are cached. Undo the units.
-            cache.held[k].store(held - got, Relaxed);
-            self.release_units(class, got);
-            *slab = Some(back);
-            return;
         }
-        bump(&cache.returned[k], 1);
+        held += 1;
+        cache.held[k].store(held, Relaxed);
+        match section.push(k, held, taken) {
+            Ok(()) => bump(&cache.returned[k], 1),
+            Err(back) => {
+                // Cannot happen: fewer than `held` slabs are cached. Undo the unit.
+                cache.held[k].store(held - 1, Relaxed);
+                self.release_units(class, 1);
+                *slab = Some(back);
+            }
+        }
     }
 }
 
@@ -829,25 +823,20 @@ impl PoolInner {
 
     /// Takes one unit of idle budget for `class`, if both caps have room.
     fn reserve_unit(&self, class: PoolClass) -> bool {
-        self.reserve_units(class, 1)
-    }
-
-    /// Takes `n` units of idle budget for `class` at once, if both caps have room for all.
-    fn reserve_units(&self, class: PoolClass, n: usize) -> bool {
         let units = &self.idle_units[class.index()];
         let mut cur = units.load(Relaxed);
         loop {
-            if cur + n > self.config.max_idle_per_class {
+            if cur >= self.config.max_idle_per_class {
                 return false;
             }
-            match units.compare_exchange_weak(cur, cur + n, Relaxed, Relaxed) {
+            match units.compare_exchange_weak(cur, cur + 1, Relaxed, Relaxed) {
                 Ok(_) => break,
                 Err(actual) => cur = actual,
             }
         }
-        let bytes = n as u64 * class.capacity() as u64;
+        let bytes = class.capacity() as u64;
         if try_add_bounded(&self.idle_budget, bytes, self.config.max_idle_bytes).is_err() {
-            units.fetch_sub(n, Relaxed);
+            units.fetch_sub(1, Relaxed);
             return false;
         }
         true
