@@ -49,13 +49,15 @@
 //! per Small cycle: 89 ns, 736 instructions (callgrind). A thread cache of `AtomicPtr`
 //! slots popped with one `swap` took one: about 460 instructions, 30.5 ns, and 63 ns for
 //! the uncached Large and Huge classes. The stacks guarded by an asymmetric fence take
-//! none: about 250 instructions and, with criterion, 11.6-12.1 ns at every class, against
-//! lifeguard's 10.4-12.4 ns and opool's 14.4-15.3 ns; two threads cycling at once stay at
-//! 11.1 ns (`Vec`: 40.3 ns). Inlining the acquire and drop paths into each caller was
+//! none: about 250 instructions and, with criterion, 11.4-12.3 ns at every class, against
+//! lifeguard's 10.1-12.6 ns and opool's 14.2-15.3 ns; two threads cycling at once stay at
+//! 11.1 ns (`Vec`: 39.5 ns). Inlining the acquire and drop paths into each caller was
 //! worth 6 ns of that (17 ns before). A tenant costs four locked instructions (the
-//! account's `Arc` clone and drop, the charge's compare-and-swap, the debit): +25 ns. All
-//! figures against `Vec`, `BytesMut` and the peer crates are in the README's Performance
-//! section and `benches/README.md`.
+//! account's `Arc` clone and drop, the charge's compare-and-swap, the debit): +21 to
+//! +25 ns. Returns reserve one idle-budget unit at a time: two at a time saved 6 ns on
+//! batched freezes and cost 35 ns per buffer returned by another thread. All figures
+//! against `Vec`, `BytesMut` and the peer crates are in the README's Performance section
+//! and `benches/README.md`.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};

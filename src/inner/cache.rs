@@ -6,7 +6,7 @@
 //! a swap, a mutex lock) costs about 7 ns, and glibc's `malloc` + `free` of 4 KiB 18 to
 //! 28 ns. The shared-list path of a Small cycle takes eight locked operations and measured
 //! 89 ns; a cache of `AtomicPtr` slots popped with one `swap` measured 31 ns. The cache
-//! here takes none: its thread works on it with plain loads and stores (11.6 ns a cycle).
+//! here takes none: its thread works on it with plain loads and stores (about 12 ns a cycle).
 //!
 //! # Protocol
 //!
