@@ -438,30 +438,26 @@ fn lying_reader(read: usize, lent: usize) -> io::Error {
 impl Drop for PooledBuf {
     #[inline]
     fn drop(&mut self) {
-        if self.tenant.is_some() || self.tracked.is_some() {
-            // Kept out of line, so the common drop stays small.
-            return self.drop_accounted();
-        }
         let slab = std::mem::take(&mut self.slab);
         if slab.capacity() == 0 {
             return; // into_vec took it and settled the accounts
         }
         let exposed = self.exposed.max(slab.len());
-        self.pool
-            .give_back(slab, self.class, exposed, None, self.charged);
+        if self.tenant.is_none() && self.tracked.is_none() {
+            self.pool
+                .give_back(slab, self.class, exposed, None, self.charged);
+        } else {
+            // Kept out of line, so the common drop stays small.
+            self.drop_accounted(slab, exposed);
+        }
     }
 }
 
 impl PooledBuf {
-    /// [`Drop`] for a buffer with a tenant or a leak-tracker record.
+    /// The rest of [`Drop`] for a buffer with a tenant or a leak-tracker record.
     #[inline(never)]
-    fn drop_accounted(&mut self) {
-        let slab = std::mem::take(&mut self.slab);
-        if slab.capacity() == 0 {
-            return; // into_vec took it and settled the accounts
-        }
+    fn drop_accounted(&mut self, slab: Vec<u8>, exposed: usize) {
         let account = self.tenant.as_deref();
-        let exposed = self.exposed.max(slab.len());
         self.pool
             .give_back(slab, self.class, exposed, account, self.charged);
         self.untrack();
