@@ -102,6 +102,7 @@ mod imp {
         }
     }
 
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn is_asymmetric() -> bool {
         init() == ASYMMETRIC
     }
@@ -128,6 +129,7 @@ mod imp {
         true
     }
 
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn is_asymmetric() -> bool {
         false
     }
@@ -152,12 +154,6 @@ pub(crate) fn heavy() -> bool {
     imp::heavy()
 }
 
-/// Whether the light side is a compiler fence only (for the docs' and benches' reports).
-#[allow(dead_code)]
-pub(crate) fn is_asymmetric() -> bool {
-    imp::is_asymmetric()
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     #[test]
@@ -166,6 +162,6 @@ mod tests {
         assert!(super::heavy());
         super::light();
         #[cfg(all(target_os = "linux", not(miri)))]
-        eprintln!("asymmetric fences: {}", super::is_asymmetric());
+        eprintln!("asymmetric fences: {}", super::imp::is_asymmetric());
     }
 }

@@ -359,19 +359,27 @@ impl PoolRef {
     fn pop_cached(&self, k: usize, bytes: u64) -> Option<Vec<u8>> {
         self.local_existing(|cache| {
             let section = cache.enter()?;
-            let slab = section.pop(k)?;
-            bump(&cache.hits[k], 1);
+            let slab = self.pop_counted(&section, k)?;
             bump(&cache.live, bytes);
-            // Keep at most one unit beyond the slabs held: a thread that takes buffers and
-            // lets other threads drop them must not sit on budget their returns need. In
-            // the common acquire/drop cycle `held` equals the slabs held before the pop.
-            let keep = section.len(k) + 1;
-            if cache.held[k].load(Relaxed) > keep {
-                self.shrink_held(cache, k, keep);
-            }
             Some(slab)
         })
         .flatten()
+    }
+
+    /// A slab from the cache's stack, counted as a hit.
+    #[inline(always)]
+    fn pop_counted(&self, section: &Section<'_>, k: usize) -> Option<Vec<u8>> {
+        let cache = section.cache();
+        let slab = section.pop(k)?;
+        bump(&cache.hits[k], 1);
+        // Keep at most one unit beyond the slabs held: a thread that takes buffers and lets
+        // other threads drop them must not sit on budget their returns need. In the common
+        // acquire/drop cycle `held` equals the slabs held before the pop.
+        let keep = section.len(k) + 1;
+        if cache.held[k].load(Relaxed) > keep {
+            self.shrink_held(cache, k, keep);
+        }
+        Some(slab)
     }
 
     /// Gives back the units a cache holds beyond `keep`.
@@ -550,16 +558,8 @@ impl PoolRef {
     /// are empty.
     #[inline]
     fn take_cached(&self, section: &Section<'_>, k: usize, class: PoolClass) -> Option<Vec<u8>> {
-        let cache = section.cache();
-        if let Some(slab) = section.pop(k) {
-            bump(&cache.hits[k], 1);
-            let keep = section.len(k) + 1;
-            if cache.held[k].load(Relaxed) > keep {
-                self.shrink_held(cache, k, keep);
-            }
-            return Some(slab);
-        }
-        self.refill(section, k, class)
+        self.pop_counted(section, k)
+            .or_else(|| self.refill(section, k, class))
     }
 
     /// The cache is empty: takes one slab and up to half the slots' worth more from the
