@@ -61,6 +61,12 @@ fn counts() -> SlabCounts {
     COUNTS.with(Cell::get)
 }
 
+/// Slab-sized frees on this thread since `before`, all classes together.
+fn freed_since(before: SlabCounts) -> u64 {
+    let now = counts().freed;
+    now.iter().zip(before.freed).map(|(a, b)| a - b).sum()
+}
+
 struct SlabCounting;
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged, so it
@@ -382,12 +388,7 @@ fn trim_frees_slabs_returned_by_other_threads() {
     assert!(idle >= 3, "each class got at least one slab back");
     let counted = counts();
     assert_eq!(pool.trim(), before.idle_bytes);
-    let freed: u64 = counts()
-        .freed
-        .iter()
-        .zip(counted.freed)
-        .map(|(a, b)| a - b)
-        .sum();
+    let freed = freed_since(counted);
     assert_eq!(
         freed, idle,
         "trim on this thread freed the other threads' slabs"
@@ -431,12 +432,7 @@ fn trim_frees_slabs_cached_by_a_live_thread() {
         assert_eq!(idle, 4, "the live thread caches one slab per class");
         let counted = counts();
         assert_eq!(pool.trim(), 4096 + 65536 + (1 << 20) + (10 << 20));
-        let freed: u64 = counts()
-            .freed
-            .iter()
-            .zip(counted.freed)
-            .map(|(a, b)| a - b)
-            .sum();
+        let freed = freed_since(counted);
         assert_eq!(freed, 4, "trim freed the live thread's cached slabs");
         assert_eq!(pool.snapshot().idle_bytes, 0);
         trimmed.wait();
