@@ -231,7 +231,10 @@ impl PooledBuf {
         let extra = (capacity as u64).saturating_sub(self.charged);
         let exposed = self.exposed();
         let account = self.tenant.as_deref();
-        let tenant_live = self.pool.charge(account, extra)?;
+        let tenant_live = self
+            .pool
+            .charge(account, extra)
+            .map_err(|err| err.for_growth(capacity as u64))?;
         let grown = if class == PoolClass::Oversize && self.class == PoolClass::Oversize {
             self.pool.grow_oversize(&mut self.slab, capacity)
         } else {

@@ -606,7 +606,8 @@ fn io_write_refused_returns_an_error_and_writes_nothing() {
             tenant: "capped".into(),
             requested: 60 * 1024,
             live: 4096,
-            limit: 4096
+            limit: 4096,
+            needed: 64 * 1024,
         }
     );
     assert_eq!(&buf[..], b"hello");

@@ -608,6 +608,7 @@ impl Model {
                         requested: bytes,
                         live,
                         limit,
+                        needed: bytes,
                     });
                 }
             }
@@ -627,6 +628,7 @@ impl Model {
                     requested: bytes,
                     live: self.shared_live,
                     limit,
+                    needed: bytes,
                 });
             }
             self.shared_live = after;
@@ -812,7 +814,15 @@ impl Model {
             CLASS_CAP[class]
         };
         let extra = cap - o.charged;
-        self.charge(o.tenant, extra, false)?;
+        // A growth step's refusal names the buffer's whole new capacity as `needed`.
+        self.charge(o.tenant, extra, false).map_err(|mut err| {
+            if let PoolError::TenantHardLimit { needed, .. } | PoolError::PoolLimit { needed, .. } =
+                &mut err
+            {
+                *needed = cap;
+            }
+            err
+        })?;
         if class == OVERSIZE && o.class == OVERSIZE {
             self.oversize += 1; // grown in place: a new Oversize allocation, same buffer
         } else {

@@ -52,7 +52,8 @@ fn hard_limit_refuses_above_and_allows_equal() {
             tenant: "capped".into(),
             requested: 4096,
             live: 8192,
-            limit: 8192
+            limit: 8192,
+            needed: 4096,
         }
     );
     let err = t.try_reserve(1).unwrap_err();
@@ -104,7 +105,8 @@ fn pool_max_live_bytes_limits_every_buffer() {
         PoolError::PoolLimit {
             requested: 4096,
             live: 3 * 4096,
-            limit: 3 * 4096
+            limit: 3 * 4096,
+            needed: 4096,
         }
     );
     assert!(matches!(t.try_acquire(1), Err(PoolError::PoolLimit { .. })));

@@ -223,6 +223,7 @@ fn tenant_refused(refused: ChargeRefused, bytes: u64, account: &TenantAccount) -
             requested: bytes,
             live,
             limit,
+            needed: bytes,
         },
     }
 }
@@ -778,6 +779,7 @@ impl PoolInner {
                     requested: bytes,
                     live,
                     limit,
+                    needed: bytes,
                 },
             ),
             (ChargeRefused::Limit { .. }, None) => (
