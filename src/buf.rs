@@ -1,16 +1,13 @@
 //! [`PooledBuf`]: a slab on loan from a pool, returned by `Drop`.
 
+use bytes::buf::UninitSlice;
+use bytes::{BufMut, Bytes};
 use std::fmt;
 use std::io;
 use std::num::NonZeroU64;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
 
-use bytes::buf::UninitSlice;
-use bytes::{BufMut, Bytes};
-
-use crate::inner::accounts::TenantAccount;
-use crate::inner::PoolRef;
+use crate::inner::{AccountPtr, PoolRef, Purpose};
 use crate::{PoolClass, PoolError};
 
 /// A byte buffer on loan from a [`BufferPool`](crate::BufferPool): write into it, read it
@@ -57,7 +54,8 @@ pub struct PooledBuf {
     charged: u64,
     /// High-water mark of bytes that may hold user data, for `zero_on_release`.
     exposed: usize,
-    tenant: Option<Arc<TenantAccount>>,
+    /// The tenant charged: no reference count, the charge keeps the account alive.
+    tenant: Option<AccountPtr>,
     pool: PoolRef,
     /// The leak tracker's record of this buffer, when it was sampled.
     tracked: Option<NonZeroU64>,
@@ -69,7 +67,7 @@ impl PooledBuf {
     #[inline(always)]
     pub(crate) fn try_new(
         pool: PoolRef,
-        tenant: Option<Arc<TenantAccount>>,
+        tenant: Option<AccountPtr>,
         requested: usize,
     ) -> Result<PooledBuf, PoolError> {
         let requested = pool.check_request(Some(requested))?;
@@ -78,14 +76,12 @@ impl PooledBuf {
             PoolClass::Oversize => requested,
             class => class.capacity(),
         };
-        let account = tenant.as_deref();
-        let (slab, tenant_live) = pool.obtain(account, class, capacity)?;
-        if let Some(account) = account {
-            account.count_soft(tenant_live);
-        }
+        let (slab, charged) = pool.obtain(tenant, class, capacity)?;
+        charged.count_soft(tenant);
         let tracked = match &pool.leaks {
             None => None,
-            Some(leaks) => leaks.sample(class, capacity, account.map(TenantAccount::id)),
+            // SAFETY: the buffer's charge, just made, keeps the account alive.
+            Some(leaks) => leaks.sample(class, capacity, tenant.map(|a| unsafe { a.get() }.id())),
         };
         Ok(PooledBuf {
             slab,
@@ -105,7 +101,8 @@ impl PooledBuf {
 
     /// The id of the tenant this buffer is charged to, if any.
     pub fn tenant(&self) -> Option<&str> {
-        self.tenant.as_deref().map(TenantAccount::id)
+        // SAFETY: the buffer's charge keeps the account alive as long as `self`.
+        self.tenant.map(|account| unsafe { account.get() }.id())
     }
 
     /// Bytes written so far.
@@ -221,19 +218,14 @@ impl PooledBuf {
     fn promote(&mut self, needed: usize) -> Result<(), PoolError> {
         let class = PoolClass::for_size(needed);
         let capacity = match class {
-            PoolClass::Oversize => self
-                .capacity()
-                .saturating_mul(2)
-                .min(self.pool.config.max_request_bytes)
-                .max(needed),
+            PoolClass::Oversize => self.oversize_capacity(needed),
             class => class.capacity(),
         };
         let extra = (capacity as u64).saturating_sub(self.charged);
         let exposed = self.exposed();
-        let account = self.tenant.as_deref();
-        let tenant_live = self
+        let charged = self
             .pool
-            .charge(account, extra)
+            .charge(self.tenant, extra, Purpose::Growth)
             .map_err(|err| err.for_growth(capacity as u64))?;
         let grown = if class == PoolClass::Oversize && self.class == PoolClass::Oversize {
             self.pool.grow_oversize(&mut self.slab, capacity)
@@ -250,12 +242,10 @@ impl PooledBuf {
             })
         };
         if let Err(err) = grown {
-            self.pool.debit(account, extra);
+            self.pool.debit(self.tenant, extra, Purpose::Growth);
             return Err(err);
         }
-        if let Some(account) = account {
-            account.count_soft(tenant_live);
-        }
+        charged.count_soft(self.tenant);
         self.pool.count_promotion();
         self.class = class;
         self.charged += extra;
@@ -263,6 +253,25 @@ impl PooledBuf {
             leaks.promoted(id, class, self.slab.capacity());
         }
         Ok(())
+    }
+
+    /// The capacity an Oversize buffer grows to for `needed` bytes: at least double the
+    /// capacity now (so writing N bytes costs O(N)), within `max_request_bytes`, but only
+    /// `needed` when the doubling alone would not fit the room the limits leave (a 41 MiB
+    /// upload under a 64 MiB hard limit must not be refused for asking 80 MiB).
+    fn oversize_capacity(&self, needed: usize) -> usize {
+        let doubled = self
+            .capacity()
+            .saturating_mul(2)
+            .min(self.pool.config.max_request_bytes)
+            .max(needed);
+        let room = self.pool.room(self.tenant);
+        let extra = (doubled as u64).saturating_sub(self.charged);
+        if doubled > needed && extra > room {
+            needed
+        } else {
+            doubled
+        }
     }
 
     /// Reads from `reader` until `max` bytes were appended or it reports end of file;
@@ -378,7 +387,11 @@ impl PooledBuf {
     pub fn into_vec(mut self) -> Vec<u8> {
         let slab = std::mem::take(&mut self.slab);
         self.pool.count_detached(self.class);
-        self.close();
+        self.pool.debit(
+            self.tenant,
+            std::mem::take(&mut self.charged),
+            Purpose::Buffer,
+        );
         self.untrack();
         slab
     }
@@ -402,12 +415,6 @@ impl PooledBuf {
         if let (Some(id), Some(leaks)) = (self.tracked.take(), &self.pool.leaks) {
             leaks.closed(id);
         }
-    }
-
-    /// Debits the charge and the outstanding-buffer count, exactly once.
-    fn close(&mut self) {
-        let account = self.tenant.as_deref();
-        self.pool.debit(account, std::mem::take(&mut self.charged));
     }
 
     /// The longest chunk `chunk_mut` may lend: the spare capacity, within `max_request_bytes`.
@@ -446,26 +453,10 @@ impl Drop for PooledBuf {
             return; // into_vec took it and settled the accounts
         }
         let exposed = self.exposed.max(slab.len());
-        if self.tenant.is_none() && self.tracked.is_none() {
-            self.pool
-                .give_back(slab, self.class, exposed, None, self.charged);
-        } else {
-            // Kept out of line, so the common drop stays small.
-            self.drop_accounted(slab, exposed);
-        }
-    }
-}
-
-impl PooledBuf {
-    /// The rest of [`Drop`] for a buffer with a tenant or a leak-tracker record.
-    #[inline(never)]
-    fn drop_accounted(&mut self, slab: Vec<u8>, exposed: usize) {
-        let account = self.tenant.as_deref();
         self.pool
-            .give_back(slab, self.class, exposed, account, self.charged);
-        self.untrack();
-        if let Some(account) = self.tenant.take() {
-            self.pool.departures.leaving(&account);
+            .give_back(slab, self.class, exposed, self.tenant, self.charged);
+        if self.tracked.is_some() {
+            self.untrack();
         }
     }
 }

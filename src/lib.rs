@@ -16,7 +16,7 @@ pub mod prometheus;
 pub use buf::PooledBuf;
 pub use class::PoolClass;
 pub use error::PoolError;
-pub use inner::accounts::{MAX_TENANT_ID_LEN, OVERFLOW_TENANT_ID};
+pub use inner::account::{MAX_TENANT_ID_LEN, OVERFLOW_TENANT_ID};
 pub use leak::OutstandingBuffer;
 pub use pool::{BufferPool, BufferPoolBuilder};
 pub use snapshot::BufferPoolSnapshot;

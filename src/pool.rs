@@ -60,18 +60,12 @@
 //! and `benches/README.md`.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use crate::inner::{Config, PoolInner, PoolRef};
+use crate::inner::{Config, PoolRef};
 use crate::{BufferPoolSnapshot, OutstandingBuffer, PoolError, PooledBuf, Tenant};
 
-static GLOBAL_INNER: OnceLock<PoolInner> = OnceLock::new();
 static GLOBAL: OnceLock<BufferPool> = OnceLock::new();
-
-/// The process-global pool's state, created with the default configuration on first use.
-pub(crate) fn global_inner() -> &'static PoolInner {
-    GLOBAL_INNER.get_or_init(|| PoolInner::new(Config::default()))
-}
 
 /// A pool of byte buffers in four size classes, with per-tenant accounting.
 ///
@@ -118,7 +112,7 @@ impl BufferPool {
     /// `'static` reference, so they bump no reference count.
     pub fn global() -> &'static BufferPool {
         GLOBAL.get_or_init(|| BufferPool {
-            inner: PoolRef::global(global_inner()),
+            inner: PoolRef::global(),
         })
     }
 
@@ -173,9 +167,9 @@ impl BufferPool {
 
     /// Sets tenant `id`'s soft limit, registering it if needed (the seed's override).
     pub fn set_tenant_soft_limit(&self, id: &str, soft_limit_bytes: u64) {
+        let account = self.inner.tenant_account(id);
         self.inner
-            .tenant_account(id)
-            .set_soft_limit(soft_limit_bytes);
+            .set_limits(&account, soft_limit_bytes, account.hard_limit());
     }
 
     /// Every figure of the pool now.
@@ -329,7 +323,7 @@ impl BufferPoolBuilder {
     /// A new pool with this configuration.
     pub fn build(self) -> BufferPool {
         BufferPool {
-            inner: PoolRef::shared(Arc::new(PoolInner::new(self.config))),
+            inner: PoolRef::new(self.config),
         }
     }
 
@@ -340,12 +334,7 @@ impl BufferPoolBuilder {
     /// [`PoolError::GlobalAlreadyInitialized`] if the global pool already exists (it was
     /// used, or configured, before).
     pub fn build_global(self) -> Result<&'static BufferPool, PoolError> {
-        let mut created = false;
-        GLOBAL_INNER.get_or_init(|| {
-            created = true;
-            PoolInner::new(self.config)
-        });
-        if created {
+        if crate::inner::init_global(self.config) {
             Ok(BufferPool::global())
         } else {
             Err(PoolError::GlobalAlreadyInitialized)

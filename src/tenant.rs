@@ -3,8 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::inner::accounts::TenantAccount;
-use crate::inner::PoolRef;
+use crate::inner::account::TenantAccount;
+use crate::inner::{AccountPtr, PoolRef, Purpose};
 use crate::{PoolError, PooledBuf};
 
 /// A cheap handle to one tenant's account in a pool. Buffers acquired through it are
@@ -88,11 +88,7 @@ impl Tenant {
     /// when the allocator refuses. Nothing is charged on error.
     #[inline]
     pub fn try_acquire(&self, requested: usize) -> Result<PooledBuf, PoolError> {
-        PooledBuf::try_new(
-            self.pool.clone(),
-            Some(Arc::clone(&self.account)),
-            requested,
-        )
+        PooledBuf::try_new(self.pool.clone(), Some(self.ptr()), requested)
     }
 
     /// Charges `bytes` to the tenant (and the pool's live bytes) without allocating, until
@@ -119,8 +115,9 @@ impl Tenant {
     /// [`PoolError::TooLarge`] when a byte counter would overflow. Nothing is charged on
     /// error.
     pub fn try_reserve(&self, bytes: u64) -> Result<Reservation, PoolError> {
-        let live = self.pool.charge_reservation(&self.account, bytes)?;
-        self.account.count_soft(live);
+        self.pool
+            .charge(Some(self.ptr()), bytes, Purpose::Reservation)?
+            .count_soft(Some(self.ptr()));
         self.account.holder_added();
         Ok(Reservation {
             bytes,
@@ -131,7 +128,7 @@ impl Tenant {
 
     /// Bytes charged to this tenant now, by buffers and reservations.
     pub fn live_bytes(&self) -> u64 {
-        self.account.live()
+        self.pool.tenant_live(&self.account)
     }
 
     /// The soft limit in bytes.
@@ -141,7 +138,8 @@ impl Tenant {
 
     /// Sets the soft limit; it applies to charges from now on.
     pub fn set_soft_limit(&self, bytes: u64) {
-        self.account.set_soft_limit(bytes);
+        let hard = self.account.hard_limit();
+        self.pool.set_limits(&self.account, bytes, hard);
     }
 
     /// The hard limit in bytes, if any.
@@ -152,7 +150,13 @@ impl Tenant {
     /// Sets or removes the hard limit. Charges already made stay, even above a new limit;
     /// only later charges are refused.
     pub fn set_hard_limit(&self, bytes: Option<u64>) {
-        self.account.set_hard_limit(bytes);
+        let soft = self.account.soft_limit();
+        self.pool.set_limits(&self.account, soft, bytes);
+    }
+
+    /// The account as buffers hold it: no reference count.
+    fn ptr(&self) -> AccountPtr {
+        AccountPtr::new(&self.account)
     }
 }
 
@@ -164,8 +168,7 @@ impl Clone for Tenant {
 
 impl Drop for Tenant {
     fn drop(&mut self) {
-        self.account.holder_removed();
-        self.pool.departures.leaving(&self.account);
+        self.pool.holder_left(&self.account);
     }
 }
 
@@ -220,9 +223,10 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.pool.debit_reservation(&self.account, self.bytes);
-        self.account.holder_removed();
-        self.pool.departures.leaving(&self.account);
+        let account = AccountPtr::new(&self.account);
+        self.pool
+            .debit(Some(account), self.bytes, Purpose::Reservation);
+        self.pool.holder_left(&self.account);
     }
 }
 

@@ -483,7 +483,7 @@ const CACHE_SLOTS: [usize; 4] = [8, 4, 2, 1];
 /// Where slabs wait, and the idle budget they take. Both caps (`max_idle_per_class`,
 /// `max_idle_bytes`) are kept on *units*: one per slab on a shared list, and one per slab a
 /// thread cache holds plus at most one spare (a cache keeps the unit of a slab it hands out,
-/// so the next return needs no shared atomic; `trim` empties the cache but the units stay).
+/// so the next return needs no shared atomic; `trim` empties the cache and frees its units).
 #[derive(Debug, Clone)]
 struct Idle {
     /// Slabs on the shared list, per pooled class.
@@ -638,6 +638,22 @@ impl Model {
             self.tenants[t].live += bytes;
         }
         Ok(())
+    }
+
+    /// Bytes a charge may still take under the tenant's hard limit and `max_live_bytes`.
+    fn room(&self, tenant: Option<usize>) -> u64 {
+        let pool = self
+            .s
+            .max_live
+            .map_or(u64::MAX, |m| m.saturating_sub(self.live));
+        let tenant = tenant
+            .and_then(|t| {
+                self.tenants[t]
+                    .hard
+                    .map(|h| h.saturating_sub(self.tenants[t].live))
+            })
+            .unwrap_or(u64::MAX);
+        pool.min(tenant)
     }
 
     /// The seed's soft-limit counting, after a charge succeeded.
@@ -809,7 +825,15 @@ impl Model {
         };
         let class = model_class(needed);
         let cap = if class == OVERSIZE {
-            o.cap.saturating_mul(2).min(max).max(needed)
+            // At least doubling, unless the doubling alone would not fit the room the
+            // limits leave: then exactly what is needed.
+            let doubled = o.cap.saturating_mul(2).min(max).max(needed);
+            let room = self.room(o.tenant);
+            if doubled > needed && doubled - o.charged > room {
+                needed
+            } else {
+                doubled
+            }
         } else {
             CLASS_CAP[class]
         };
@@ -960,14 +984,16 @@ impl Model {
         self.s.max_live.is_none() && self.objs.values().filter(|o| o.class >= 3).count() > MAX_BIG
     }
 
-    /// Frees every idle slab, shared or cached; the cache keeps its units.
+    /// Frees every idle slab, shared or cached, with every unit of idle budget they held
+    /// (the cache's spare ones too: no memory is behind them).
     fn trim(&mut self) -> u64 {
         let freed = self.idle.idle_bytes();
         for c in 0..4 {
-            self.idle.units[c] -= self.idle.shared[c];
+            self.idle.units[c] -= self.idle.shared[c] + self.idle.held[c] as u64;
             self.idle.shared[c] = 0;
         }
         self.idle.cached = [0; 4];
+        self.idle.held = [0; 4];
         freed
     }
 

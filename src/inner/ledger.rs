@@ -1,0 +1,549 @@
+//! The ledger: every live figure (the pool's, each tenant's, reservations), the limits
+//! that refuse a charge, and the per-thread stocks that make most charges free.
+//!
+//! # Usage words and stocks
+//!
+//! The pool and each tenant account have one *usage* word: the bytes their outstanding
+//! buffers and reservations hold, plus the *stock* threads hold prepaid for them (the
+//! Linux memory cgroup's `consume_stock` / `refill_stock`, `mm/memcontrol.c`). A thread's
+//! magazine keeps one stock for the pool and a few for tenants. An acquire or reserve
+//! charges from the stocks with plain loads and stores ([`Ledger::charge_fast`]); a drop
+//! puts the bytes back into them ([`Ledger::debit_fast`]). Only an empty or overfull stock
+//! reaches the usage words (the slow paths, [`Ledger::charge`], [`Ledger::debit`]).
+//!
+//! Live figures are usage minus stocks: exact whenever nothing moves, whatever thread
+//! acquired, dropped or exited, because every byte is in exactly one place at a time (a
+//! buffer's charge, a stock, or nowhere) and every move between places is a debit or a
+//! credit of the same amount on both. Nothing wraps: a debit only ever takes back what
+//! was charged to the same word.
+//!
+//! # Limits
+//!
+//! Usage counts stocks, so checking a limit against usage never lets live bytes pass it.
+//! A slow charge checks both limits (the tenant's hard limit, the pool's `max_live_bytes`)
+//! and commits both under one lock, so a charge one limit refuses leaves no trace on the
+//! other. Stocks may make usage read high: before refusing, the ledger takes the stocks of
+//! every thread back (freezing the magazines) and checks again, so nothing that fits is
+//! refused at rest. Debits take no lock: they only ever make room.
+//!
+//! A tenant's stock may be spent without a check while its usage is at or below its
+//! *ceiling* (the smaller of its soft and hard limit): live bytes are at most usage, so
+//! such a charge passes neither limit and leaves nothing to count. Above the ceiling the
+//! tenant has no stock (the charge that crossed took it back), so its usage is its live
+//! bytes and every charge counts soft-limit excesses exactly, as the seed did.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::account::{AccountPtr, TenantAccount};
+use super::magazine::{Exclusive, Frozen, Magazine, Slot};
+use crate::PoolError;
+
+/// Stock granted beyond a request when a thread's stock runs dry (the kernel's
+/// `MEMCG_CHARGE_BATCH` is 64 pages, 256 KiB).
+const BATCH: u64 = 256 * 1024;
+/// Most a stock keeps: one Huge buffer and a batch, so a Huge acquire/drop cycle never
+/// reaches the usage words. A debit past it gives the excess back.
+const STOCK_MAX: u64 = 10 * 1024 * 1024 + 2 * BATCH;
+
+/// What a stock of `stock` bytes keeps, and the excess it gives back.
+fn kept(stock: u64) -> (u64, u64) {
+    if stock > STOCK_MAX {
+        (BATCH, stock - BATCH)
+    } else {
+        (stock, 0)
+    }
+}
+
+/// The bound of every sum of reservations: 2^63 - 1 bytes. Buffers are bounded by
+/// memory, so no usage word, which adds them to reservations, can wrap.
+pub(crate) const MAX_LIVE: u64 = i64::MAX as u64;
+
+/// What a charge is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A new buffer (counted as one outstanding buffer).
+    Buffer,
+    /// A buffer growing (the same buffer: nothing more to count).
+    Growth,
+    /// A reservation (counted in `reserved`, bounded by [`MAX_LIVE`] in all).
+    Reservation,
+}
+
+impl Purpose {
+    /// Outstanding buffers the charge adds.
+    #[inline(always)]
+    pub(crate) fn buffers(self) -> u64 {
+        u64::from(self == Purpose::Buffer)
+    }
+}
+
+/// What a charge leaves to its caller to count once the whole operation has succeeded.
+#[must_use]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Charged {
+    over_soft: bool,
+}
+
+impl Charged {
+    /// A charge from a stock: it cannot have passed the soft limit (see the module docs).
+    pub(crate) const FROM_STOCK: Charged = Charged { over_soft: false };
+
+    /// Counts the soft-limit excess of the charge, if it left the tenant above it.
+    pub(crate) fn count_soft(self, tenant: Option<AccountPtr>) {
+        if let (true, Some(account)) = (self.over_soft, tenant) {
+            // SAFETY: the caller holds the charge just made on the account.
+            unsafe { account.get() }.soft_exceeded.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Ledger {
+    /// The pool's usage word: every buffer and reservation, plus the pool stocks.
+    usage: AtomicU64,
+    /// Someone waits for the pool's `max_live_bytes` (the async acquire): debits then go
+    /// straight to `usage`, where the waiter sees them.
+    pool_waits: AtomicBool,
+    /// The part of live bytes held by reservations (no stock: exact on its own).
+    reserved: AtomicU64,
+    /// `max_live_bytes`, or `u64::MAX` for none.
+    limit: u64,
+    /// Held by every slow charge, stock take-back and limit change.
+    lock: Mutex<()>,
+    pub(crate) too_large: AtomicU64,
+    pub(crate) pool_limit_refusals: AtomicU64,
+}
+
+/// What a thread's magazine list is, as the ledger reaches it.
+pub(crate) type Magazines = Mutex<Vec<Arc<Magazine>>>;
+
+impl Ledger {
+    pub(crate) fn new(max_live_bytes: Option<u64>) -> Ledger {
+        Ledger {
+            usage: AtomicU64::new(0),
+            pool_waits: AtomicBool::new(false),
+            reserved: AtomicU64::new(0),
+            limit: max_live_bytes.unwrap_or(u64::MAX),
+            lock: Mutex::new(()),
+            too_large: AtomicU64::new(0),
+            pool_limit_refusals: AtomicU64::new(0),
+        }
+    }
+
+    /// The ledger's lock, for the slow paths of other layers that must not interleave
+    /// with a charge (a thread exit giving its stocks back).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock()
+    }
+
+    // -------------------------------------------------------------------------------
+    // Charge
+    // -------------------------------------------------------------------------------
+
+    /// The fast path: `bytes` from this thread's pool stock and `tenant`'s stock slot,
+    /// counting `buffers` new buffers. `false` changes nothing.
+    #[inline(always)]
+    pub(crate) fn charge_fast(
+        mag: Exclusive<'_>,
+        tenant: Option<AccountPtr>,
+        bytes: u64,
+        buffers: u64,
+    ) -> bool {
+        let pool = mag.pool_stock();
+        if pool < bytes {
+            return false;
+        }
+        if let Some(account) = tenant {
+            let Some(slot) = mag.find(account.as_ptr()) else {
+                return false;
+            };
+            // SAFETY: a slot is bound to the account, which keeps it alive (account.rs).
+            let acc = unsafe { account.get() };
+            let stock = slot.stock();
+            if stock < bytes || acc.usage.load(Relaxed) > acc.ceiling.load(Relaxed) {
+                return false;
+            }
+            slot.set_stock(stock - bytes);
+            slot.count_buffers(buffers);
+        }
+        mag.set_pool_stock(pool - bytes);
+        true
+    }
+
+    /// The slow path: charges `bytes` (and `buffers` buffers) to `tenant` and the pool, all
+    /// or nothing, within both limits; refills this thread's stocks when `mag` is its
+    /// magazine. Whether the charge passed the soft limit is decided here, exactly, and
+    /// counted by the caller once its whole operation has succeeded.
+    ///
+    /// # Errors
+    ///
+    /// `TenantHardLimit`, `PoolLimit`, or `TooLarge` when a sum would pass 2^63 - 1.
+    pub(crate) fn charge(
+        &self,
+        magazines: &Magazines,
+        mag: Option<&Magazine>,
+        tenant: Option<AccountPtr>,
+        bytes: u64,
+        purpose: Purpose,
+    ) -> Result<Charged, PoolError> {
+        let buffers = purpose.buffers();
+        if purpose != Purpose::Reservation {
+            if let Some(section) = mag.and_then(Magazine::enter) {
+                if Self::charge_fast(*section, tenant, bytes, buffers) {
+                    return Ok(Charged::FROM_STOCK);
+                }
+            }
+        }
+        let _ledger = self.lock.lock();
+        // SAFETY: the caller holds a handle or a buffer of the account for the whole call.
+        let account = tenant.map(|a| unsafe { a.get() });
+        if let Err(err) = self.check(account, bytes, purpose) {
+            // Stocks may hide room: take every thread's back, then decide for good. (Only
+            // the bound on reservations alone counts no stock.)
+            if !matches!(err, PoolError::TooLarge { max: MAX_LIVE, .. }) {
+                self.take_back(magazines, true, account);
+            }
+            if let Err(err) = self.check(account, bytes, purpose) {
+                self.count_refusal(&err, account);
+                return Err(err);
+            }
+        }
+        if purpose == Purpose::Reservation {
+            self.reserved.fetch_add(bytes, Relaxed);
+        }
+        let pool_used = self.usage.load(Relaxed);
+        let pool_grant = match mag {
+            Some(_) => BATCH.min(self.limit - pool_used - bytes),
+            None => 0,
+        };
+        self.usage.fetch_add(bytes + pool_grant, Relaxed);
+        let mut tenant_grant = 0;
+        let mut over_soft = false;
+        if let Some(acc) = account {
+            let used = acc.usage.load(Relaxed);
+            let after = used + bytes;
+            let ceiling = acc.ceiling.load(Relaxed);
+            if mag.is_some() && after < ceiling {
+                tenant_grant = BATCH.min(ceiling - after);
+            }
+            acc.usage.fetch_add(bytes + tenant_grant, Relaxed);
+            if after > acc.soft_limit() {
+                // Above the soft limit a tenant keeps no stock: take any back, so usage is
+                // exactly its live bytes, then count.
+                if acc.stock_slots.load(Relaxed) > 0 {
+                    self.take_back(magazines, false, Some(acc));
+                }
+                over_soft = acc.usage.load(Relaxed) > acc.soft_limit();
+            }
+        }
+        self.deposit(mag, tenant, pool_grant, tenant_grant, buffers);
+        Ok(Charged { over_soft })
+    }
+
+    /// Whether `bytes` more fit the tenant's hard limit and the pool's limit, as usage
+    /// reads now, and leave every sum below its bound.
+    fn check(
+        &self,
+        account: Option<&TenantAccount>,
+        bytes: u64,
+        purpose: Purpose,
+    ) -> Result<(), PoolError> {
+        let too_large = |max| PoolError::TooLarge {
+            requested: bytes,
+            max,
+        };
+        if let Some(acc) = account {
+            let used = acc.usage.load(Relaxed);
+            let limit = acc.hard_bound();
+            match used.checked_add(bytes) {
+                None => return Err(too_large(u64::MAX)),
+                Some(after) if after > limit => {
+                    return Err(PoolError::TenantHardLimit {
+                        tenant: acc.id().to_owned(),
+                        requested: bytes,
+                        live: used,
+                        limit,
+                        needed: bytes,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        let used = self.usage.load(Relaxed);
+        let (sum, bound) = match (self.limit, purpose) {
+            // Without `max_live_bytes`, reservations alone are bounded, by `MAX_LIVE`.
+            (u64::MAX, Purpose::Reservation) => (self.reserved.load(Relaxed), MAX_LIVE),
+            (limit, _) => (used, limit),
+        };
+        match sum.checked_add(bytes) {
+            None => Err(too_large(u64::MAX)),
+            Some(after) if after > bound && bound == self.limit => Err(PoolError::PoolLimit {
+                requested: bytes,
+                live: used,
+                limit: self.limit,
+                needed: bytes,
+            }),
+            Some(after) if after > bound => Err(too_large(bound)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn count_refusal(&self, err: &PoolError, account: Option<&TenantAccount>) {
+        match err {
+            PoolError::TenantHardLimit { .. } => {
+                if let Some(acc) = account {
+                    acc.hard_refusals.fetch_add(1, Relaxed);
+                }
+            }
+            PoolError::PoolLimit { .. } => {
+                self.pool_limit_refusals.fetch_add(1, Relaxed);
+            }
+            _ => {
+                self.too_large.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Puts freshly granted stock into this thread's magazine (binding a slot for the
+    /// tenant when it has none), and counts the charge's buffers where they belong. If
+    /// the magazine is frozen meanwhile, the grants go straight back.
+    fn deposit(
+        &self,
+        mag: Option<&Magazine>,
+        tenant: Option<AccountPtr>,
+        pool_grant: u64,
+        tenant_grant: u64,
+        buffers: u64,
+    ) {
+        let section = mag.and_then(Magazine::enter);
+        let Some(section) = section else {
+            self.usage.fetch_sub(pool_grant, Relaxed);
+            if let Some(account) = tenant {
+                // SAFETY: the caller holds a handle or a buffer of the account.
+                let acc = unsafe { account.get() };
+                acc.usage.fetch_sub(tenant_grant, Relaxed);
+                acc.buffers.fetch_add(buffers, Relaxed);
+            }
+            return;
+        };
+        section.set_pool_stock(section.pool_stock() + pool_grant);
+        let Some(account) = tenant else { return };
+        let slot = match section.find(account.as_ptr()) {
+            Some(slot) => Some(slot),
+            None if tenant_grant > 0 => {
+                let slot = section.victim();
+                if !slot.account().is_null() {
+                    Self::unbind(slot);
+                }
+                // SAFETY: the caller holds a handle or a buffer of the account.
+                unsafe { account.get() }.stock_slots.fetch_add(1, Relaxed);
+                slot.bind(account.as_ptr());
+                Some(slot)
+            }
+            None => None,
+        };
+        match slot {
+            Some(slot) => {
+                slot.set_stock(slot.stock() + tenant_grant);
+                slot.count_buffers(buffers);
+            }
+            None => {
+                // SAFETY: the caller holds a handle or a buffer of the account.
+                unsafe { account.get() }.buffers.fetch_add(buffers, Relaxed);
+            }
+        }
+    }
+
+    // -------------------------------------------------------------------------------
+    // Debit
+    // -------------------------------------------------------------------------------
+
+    /// The fast path: `bytes` (and `buffers` buffers) back into this thread's stocks.
+    /// `false` changes nothing: the stock would grow past its bound, the tenant has no
+    /// slot here, or someone waits for the pool.
+    #[inline(always)]
+    pub(crate) fn debit_fast(
+        &self,
+        mag: Exclusive<'_>,
+        tenant: Option<AccountPtr>,
+        bytes: u64,
+        buffers: u64,
+    ) -> bool {
+        let pool = mag.pool_stock() + bytes;
+        if pool > STOCK_MAX || self.pool_waits.load(Relaxed) {
+            return false;
+        }
+        if let Some(account) = tenant {
+            let Some(slot) = mag.find(account.as_ptr()) else {
+                return false;
+            };
+            let stock = slot.stock() + bytes;
+            if stock > STOCK_MAX {
+                return false;
+            }
+            slot.set_stock(stock);
+            slot.count_buffers(buffers.wrapping_neg());
+        }
+        mag.set_pool_stock(pool);
+        true
+    }
+
+    /// The slow path: what fits goes into this thread's stocks (an overfull stock keeps a
+    /// batch and gives the rest back), the rest straight to the usage words, as on a thread
+    /// without a magazine. Takes no lock. The account's usage is the last of the account
+    /// this touches (account.rs).
+    pub(crate) fn debit(
+        &self,
+        mag: Option<Exclusive<'_>>,
+        tenant: Option<AccountPtr>,
+        bytes: u64,
+        buffers: u64,
+    ) {
+        let pool_waits = self.pool_waits.load(Relaxed);
+        match mag {
+            Some(mag) if !pool_waits => {
+                let (keep, excess) = kept(mag.pool_stock() + bytes);
+                mag.set_pool_stock(keep);
+                if excess > 0 {
+                    self.usage.fetch_sub(excess, Relaxed);
+                }
+            }
+            _ => {
+                self.usage.fetch_sub(bytes, Relaxed);
+            }
+        }
+        let Some(account) = tenant else { return };
+        if let Some(slot) = mag.and_then(|m| m.find(account.as_ptr())) {
+            let (keep, excess) = kept(slot.stock() + bytes);
+            slot.set_stock(keep);
+            slot.count_buffers(buffers.wrapping_neg());
+            if excess > 0 {
+                // SAFETY: the slot stays bound, which keeps the account alive.
+                unsafe { account.get() }.usage.fetch_sub(excess, Relaxed);
+            }
+            return;
+        }
+        // SAFETY: the caller's charge (these `bytes`) keeps the account alive until the
+        // `Release` below, its last access.
+        let acc = unsafe { account.get() };
+        acc.buffers.fetch_sub(buffers, Relaxed);
+        acc.usage.fetch_sub(bytes, Release);
+    }
+
+    // -------------------------------------------------------------------------------
+    // Stocks taken back
+    // -------------------------------------------------------------------------------
+
+    /// Takes back, from every thread's magazine, the pool stocks (`pool`) and the stocks of
+    /// `tenant` (whose slots are unbound). The caller holds the ledger's lock. When the
+    /// heavy fence cannot be made, nothing is taken (refusals then stay conservative).
+    fn take_back(&self, magazines: &Magazines, pool: bool, tenant: Option<&TenantAccount>) {
+        let list = magazines.lock();
+        let Some(frozen) = Frozen::freeze(&list) else {
+            return;
+        };
+        for mag in frozen.iter() {
+            if pool {
+                self.usage.fetch_sub(mag.pool_stock(), Relaxed);
+                mag.set_pool_stock(0);
+            }
+            if let Some(acc) = tenant {
+                if let Some(slot) = mag.find(acc) {
+                    Self::unbind(slot);
+                }
+            }
+        }
+    }
+
+    /// Gives a magazine's stocks back (its thread exits): the caller holds the ledger's
+    /// lock and has the magazine to itself.
+    pub(crate) fn retire(&self, mag: Exclusive<'_>) {
+        self.usage.fetch_sub(mag.pool_stock(), Relaxed);
+        mag.set_pool_stock(0);
+        for slot in mag.bound() {
+            Self::unbind(slot);
+        }
+    }
+
+    /// Unbinds a stock slot, giving its stock and buffer count back to its account. The
+    /// slot's binding kept the account alive; the `Release` of `stock_slots` is the last
+    /// access.
+    fn unbind(slot: Slot<'_>) {
+        // SAFETY: a bound slot keeps its account alive (account.rs) until the decrement
+        // of `stock_slots` below.
+        let acc = unsafe { &*slot.account() };
+        acc.buffers.fetch_add(slot.buffers(), Relaxed);
+        acc.usage.fetch_sub(slot.stock(), Release);
+        acc.stock_slots.fetch_sub(1, Release);
+        slot.unbind();
+    }
+
+    // -------------------------------------------------------------------------------
+    // Reservations, limits, figures
+    // -------------------------------------------------------------------------------
+
+    /// A reservation ends (its bytes are debited separately).
+    pub(crate) fn unreserve(&self, bytes: u64) {
+        self.reserved.fetch_sub(bytes, Relaxed);
+    }
+
+    pub(crate) fn reserved(&self) -> u64 {
+        self.reserved.load(Relaxed)
+    }
+
+    /// Bytes a charge to `tenant` has room for now under both limits: exact for this
+    /// thread (`mag` is its magazine), counting other threads' stocks as used, so it errs
+    /// low.
+    pub(crate) fn room(&self, mag: Option<&Magazine>, tenant: Option<&TenantAccount>) -> u64 {
+        let own = mag.map_or(0, Magazine::pool_stock);
+        let pool = self
+            .limit
+            .saturating_sub(self.usage.load(Relaxed).saturating_sub(own));
+        let tenant = tenant.map_or(u64::MAX, |acc| {
+            let own = mag.map_or(0, |m| m.stock_of(acc));
+            let used = acc.usage.load(Relaxed).saturating_sub(own);
+            acc.hard_bound().saturating_sub(used)
+        });
+        pool.min(tenant)
+    }
+
+    /// Sets a tenant's limits under the ledger's lock.
+    pub(crate) fn set_limits(&self, account: &TenantAccount, soft: u64, hard: Option<u64>) {
+        let _ledger = self.lock.lock();
+        account.set_limits(soft, hard);
+    }
+
+    /// Live bytes of the pool: usage minus the stocks of `magazines` (exact when they are
+    /// frozen, or when nothing moves).
+    pub(crate) fn pool_live<'a>(&self, magazines: impl Iterator<Item = &'a Magazine>) -> u64 {
+        let stocks: u64 = magazines.map(Magazine::pool_stock).sum();
+        self.usage.load(Relaxed).saturating_sub(stocks)
+    }
+
+    /// Live bytes of a tenant, likewise.
+    pub(crate) fn tenant_live<'a>(
+        account: &TenantAccount,
+        magazines: impl Iterator<Item = &'a Magazine>,
+    ) -> u64 {
+        let stocks: u64 = magazines.map(|m| m.stock_of(account)).sum();
+        (account.usage.load(Relaxed)).saturating_sub(stocks)
+    }
+
+    /// Buffers outstanding for a tenant: its own count plus its slots' (wrapping).
+    pub(crate) fn tenant_buffers<'a>(
+        account: &TenantAccount,
+        magazines: impl Iterator<Item = &'a Magazine>,
+    ) -> u64 {
+        let slots = magazines.fold(0u64, |sum, m| sum.wrapping_add(m.buffers_of(account)));
+        let sum = account.buffers.load(Relaxed).wrapping_add(slots);
+        // A count read while buffers move may be a drop ahead of its acquire.
+        if sum > u64::MAX / 2 {
+            0
+        } else {
+            sum
+        }
+    }
+}

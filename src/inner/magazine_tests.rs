@@ -1,0 +1,226 @@
+//! Unit tests of the magazine (run natively and under Miri) and the loom models of its
+//! section/freeze protocol and stock protocol (`RUSTFLAGS="--cfg loom"`, `.ci/run loom`).
+
+#[cfg(not(loom))]
+mod unit {
+    use super::super::*;
+
+    #[test]
+    fn push_pop_freeze_round_trip() {
+        let mags = [Arc::new(Magazine::new())];
+        let mag = &mags[0];
+        let a = Vec::with_capacity(4096);
+        let a_ptr = a.as_ptr();
+        {
+            let section = mag.enter().unwrap();
+            assert!(section.pop(0).is_none());
+            section.push(0, 2, a).unwrap();
+            let refused = section.push(0, 1, Vec::with_capacity(4096)).unwrap_err();
+            section.push(0, 2, refused).unwrap();
+            let third = section.push(0, 2, Vec::with_capacity(4096)).unwrap_err();
+            assert_eq!(third.capacity(), 4096);
+            let wrong = section.push(0, 2, Vec::with_capacity(8192));
+            assert_eq!(wrong.unwrap_err().capacity(), 8192);
+            assert_eq!(section.len(0), 2);
+            let b = section.pop(0).unwrap();
+            assert_eq!((b.len(), b.capacity()), (0, 4096));
+            section.push(0, 2, b).unwrap();
+            section.set_pool_stock(4096);
+        }
+        assert_eq!(mag.idle(0), 2);
+        let mut stolen = Vec::new();
+        {
+            let frozen = Frozen::freeze(&mags).unwrap();
+            assert!(mag.enter().is_none(), "a frozen magazine refuses sections");
+            for m in frozen.iter() {
+                while let Some(slab) = m.pop(0) {
+                    stolen.push(slab);
+                }
+                assert_eq!(m.pool_stock(), 4096);
+                m.set_pool_stock(0);
+            }
+        }
+        assert_eq!(stolen.len(), 2);
+        assert!(stolen.iter().any(|s| s.as_ptr() == a_ptr));
+        assert_eq!(mag.idle(0), 0);
+        let section = mag.enter().unwrap();
+        section.push(0, 8, stolen.pop().unwrap()).unwrap();
+        drop(section);
+        drop(mags); // frees the slab left in it
+    }
+
+    #[test]
+    fn slots_bind_find_and_pick_victims() {
+        let mag = Magazine::new();
+        let accounts: Vec<_> = (0..SLOTS + 1)
+            .map(|i| Box::new(TenantAccount::new(&i.to_string(), 0, false)))
+            .collect();
+        let ptr = |i: usize| &*accounts[i] as *const TenantAccount as *mut TenantAccount;
+        let section = mag.enter().unwrap();
+        for i in 0..SLOTS {
+            let slot = section.victim();
+            assert!(slot.account().is_null(), "free slots are used first");
+            slot.bind(ptr(i));
+            slot.set_stock(i as u64);
+        }
+        assert_eq!(section.find(ptr(2)).unwrap().stock(), 2);
+        assert!(section.find(ptr(SLOTS)).is_none());
+        let victim = section.victim();
+        assert!(
+            !victim.account().is_null(),
+            "full: a bound slot is given up"
+        );
+        victim.unbind();
+        assert_eq!(section.bound().count(), SLOTS - 1);
+        drop(section);
+        assert_eq!(mag.stock_of(ptr(3)), 3);
+    }
+
+    #[test]
+    fn owner_and_freezer_never_share_a_slab() {
+        let mags = [Arc::new(Magazine::new())];
+        let mag = &mags[0];
+        let rounds = if cfg!(miri) { 50 } else { 20_000 };
+        let stolen = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..rounds {
+                    if let Some(frozen) = Frozen::freeze(&mags) {
+                        for m in frozen.iter() {
+                            while m.pop(1).is_some() {
+                                stolen.fetch_add(1, Relaxed);
+                            }
+                        }
+                    }
+                }
+            });
+            for _ in 0..rounds {
+                if let Some(section) = mag.enter() {
+                    let slab = section.pop(1).unwrap_or_else(|| Vec::with_capacity(65536));
+                    let _ = section.push(1, 4, slab);
+                }
+            }
+        });
+        assert!(mag.idle(1) <= 1);
+    }
+}
+
+#[cfg(loom)]
+mod loom_tests {
+    use super::super::*;
+    use loom::sync::Arc;
+
+    /// The owner pops and pushes in a section while another thread freezes and takes the
+    /// slabs: every slab is owned by exactly one side at the end (never both: a double
+    /// free; never neither: a leak), and loom's cells report any access the protocol lets
+    /// overlap.
+    #[test]
+    fn owner_section_against_freeze() {
+        loom::model(|| {
+            let mags = Arc::new([std::sync::Arc::new(Magazine::new())]);
+            mags[0]
+                .enter()
+                .unwrap()
+                .push(0, 2, Vec::with_capacity(4096))
+                .unwrap_or_else(|_| unreachable!("wrong capacity"));
+            let stealer = {
+                let mags = Arc::clone(&mags);
+                loom::thread::spawn(move || {
+                    let frozen = Frozen::freeze(&mags[..]).unwrap();
+                    let mut n = 0;
+                    for m in frozen.iter() {
+                        while m.pop(0).is_some() {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            };
+            let mut popped = 0;
+            if let Some(section) = mags[0].enter() {
+                if let Some(slab) = section.pop(0) {
+                    popped = 1;
+                    section.push(0, 2, slab).unwrap();
+                }
+            }
+            let stolen = stealer.join().unwrap();
+            let left = mags[0].idle(0);
+            assert_eq!(stolen + left, 1, "popped {popped}");
+        });
+    }
+
+    #[test]
+    fn owner_push_against_freeze() {
+        loom::model(|| {
+            let mags = Arc::new([std::sync::Arc::new(Magazine::new())]);
+            let stealer = {
+                let mags = Arc::clone(&mags);
+                loom::thread::spawn(move || {
+                    let frozen = Frozen::freeze(&mags[..]).unwrap();
+                    let mut n = 0;
+                    for m in frozen.iter() {
+                        while m.pop(0).is_some() {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            };
+            let pushed = match mags[0].enter() {
+                Some(section) => section.push(0, 1, Vec::with_capacity(4096)).is_ok(),
+                None => false,
+            };
+            let stolen = stealer.join().unwrap();
+            assert_eq!(stolen + mags[0].idle(0), usize::from(pushed));
+        });
+    }
+
+    /// The stock protocol: the owner charges from its stock and takes a debit back into it
+    /// (plain loads and stores in a section) while the ledger, frozen, takes the whole stock
+    /// back to the usage word. Whatever the interleaving, usage always equals what the
+    /// owner's buffers hold plus what is left in the stock: nothing prepaid is lost or
+    /// counted twice.
+    #[test]
+    fn stock_taken_back_while_its_owner_charges() {
+        loom::model(|| {
+            let mags = Arc::new([std::sync::Arc::new(Magazine::new())]);
+            let usage = Arc::new(AtomicU64::new(0));
+            // Prepaid: 3 units of stock, charged to usage.
+            usage.fetch_add(3, Relaxed);
+            mags[0].enter().unwrap().set_pool_stock(3);
+            let ledger = {
+                let (mags, usage) = (Arc::clone(&mags), Arc::clone(&usage));
+                loom::thread::spawn(move || {
+                    let frozen = Frozen::freeze(&mags[..]).unwrap();
+                    for m in frozen.iter() {
+                        usage.fetch_sub(m.pool_stock(), Relaxed);
+                        m.set_pool_stock(0);
+                    }
+                })
+            };
+            // The owner: a charge of 2 from the stock, then a debit of 1 back into it.
+            let mut live = 0;
+            for (charge, debit) in [(2, 0), (0, 1)] {
+                if let Some(section) = mags[0].enter() {
+                    let stock = section.pool_stock();
+                    if stock >= charge {
+                        section.set_pool_stock(stock - charge + debit);
+                        live += charge;
+                        live -= debit;
+                        continue;
+                    }
+                }
+                // Slow path: straight to the usage word.
+                if charge > 0 {
+                    usage.fetch_add(charge, Relaxed);
+                }
+                usage.fetch_sub(debit, Relaxed);
+                live += charge;
+                live -= debit;
+            }
+            ledger.join().unwrap();
+            let stock = mags[0].pool_stock();
+            assert_eq!(usage.load(Relaxed), live + stock);
+        });
+    }
+}
