@@ -197,9 +197,13 @@ async fn run(args: Args) -> Result<bool, Error> {
 
     let start = Instant::now();
     let mut ok = true;
+    let mut stop = Some(stop);
+    let mut serving = Some(serving);
     let load = if args.serve {
         wait_for_signal().await;
         println!("ingest: stopping");
+        // Requests in flight finish first: the figures below are at rest.
+        shut_down(stop.take(), serving.take()).await?;
         None
     } else {
         let load = drive(&args, &ids, addr, &server, start).await?;
@@ -208,30 +212,15 @@ async fn run(args: Args) -> Result<bool, Error> {
     };
     let elapsed = start.elapsed();
 
-    if !args.serve && args.serve_seconds > 0 {
-        println!(
-            "metrics: serving {} s more (Ctrl-C ends it)",
-            args.serve_seconds
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(args.serve_seconds)) => {}
-            _ = tokio::signal::ctrl_c() => println!("metrics: interrupted"),
-        }
+    // Every request is done. A request its client gave up on (wrk stops mid-upload) may
+    // still have a consumer finishing with its body: give those a moment.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while pool.live_bytes() != 0 && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Stop accepting, let open connections finish, then let the consumers drain.
-    stop.send(()).ok();
-    match tokio::time::timeout(Duration::from_secs(10), serving).await {
-        Ok(served) => served??,
-        Err(_) => return Err("the server did not stop within 10 s".into()),
-    }
-    let mismatches = server.mismatches.load(Relaxed);
-    let server = Arc::into_inner(server).ok_or("the server state is still shared")?;
-    let stats = ServerTotals::of(&server);
-    drop(server.to_checksum);
-    let checked = checksum_task.await?;
-
-    // Every request is done and every consumer has dropped its Bytes: this is at rest.
     let snapshot = pool.snapshot();
+    let totals = ServerTotals::of(&server);
+    let mismatches = server.mismatches.load(Relaxed);
     ok &= mismatches == 0;
     print_summary(
         &args,
@@ -241,15 +230,18 @@ async fn run(args: Args) -> Result<bool, Error> {
         elapsed,
         load.as_ref(),
     );
-    println!("checksums   {checked} computed by the checksum task, {mismatches} mismatched");
+    println!(
+        "checksums   {} bodies checked by both consumers, {mismatches} disagreed",
+        totals.requests
+    );
     ok &= check_at_rest(&pool, &ids, &snapshot);
     println!(
         "load-summary alloc={} requests={} bytes={} refused={} errors={} seconds={:.3}",
         args.alloc.name(),
-        stats.requests,
-        stats.bytes,
-        stats.refused,
-        stats.errors,
+        totals.requests,
+        totals.bytes,
+        totals.refused,
+        totals.errors,
         elapsed.as_secs_f64()
     );
     if ok {
@@ -257,7 +249,36 @@ async fn run(args: Args) -> Result<bool, Error> {
     } else {
         println!("FAILED: see above");
     }
+
+    if args.serve_seconds > 0 && serving.is_some() {
+        println!(
+            "metrics: serving {} s more (Ctrl-C ends it)",
+            args.serve_seconds
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(args.serve_seconds)) => {}
+            _ = tokio::signal::ctrl_c() => println!("metrics: interrupted"),
+        }
+    }
+    shut_down(stop, serving).await?;
+    drop(server); // the checksum task's sender: it ends
+    checksum_task.await?;
     Ok(ok)
+}
+
+/// Stops accepting and waits (10 s at most) for open connections to finish.
+async fn shut_down(
+    stop: Option<oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+) -> Result<(), Error> {
+    let (Some(stop), Some(serving)) = (stop, serving) else {
+        return Ok(());
+    };
+    stop.send(()).ok();
+    match tokio::time::timeout(Duration::from_secs(10), serving).await {
+        Ok(served) => Ok(served??),
+        Err(_) => Err("the server did not stop within 10 s".into()),
+    }
 }
 
 /// Ctrl-C or SIGTERM.
@@ -423,16 +444,13 @@ fn store(data: Bytes) -> std::io::Result<u64> {
 }
 
 /// The checksum consumer: one task, fed through a bounded channel. Drops each body before
-/// answering, so a client holding its answer holds no slab. Returns how many it summed.
-async fn checksum_consumer(mut bodies: mpsc::Receiver<(Bytes, oneshot::Sender<u64>)>) -> u64 {
-    let mut checked = 0;
+/// answering, so a client holding its answer holds no slab.
+async fn checksum_consumer(mut bodies: mpsc::Receiver<(Bytes, oneshot::Sender<u64>)>) {
     while let Some((data, reply)) = bodies.recv().await {
         let sum = checksum(&data);
         drop(data);
         reply.send(sum).ok();
-        checked += 1;
     }
-    checked
 }
 
 /// `GET /metrics`: the pool's OpenMetrics text.
