@@ -37,8 +37,8 @@ async fn ingest(
     body: Body,
 ) -> Result<String, CollectError<axum::Error>> {
     let buf = pool.tenant(&tenant).collect_body(body, MAX_BODY).await?;
-    let payload = buf.freeze(); // Bytes: clone it to other tasks, no copy
-                                // ... hand `payload` to your consumers here; the slab returns when the last drops.
+    // Bytes, no copy: clone it to your consumers; the slab returns when the last drops.
+    let payload = buf.freeze();
     Ok(format!("{} bytes for {tenant}\n", payload.len()))
 }
 
