@@ -24,7 +24,7 @@
 //! last tenant has a hard limit (`--hard-limit-mib`, default 64).
 //!
 //! The summary shows requests, MB/s, latency, the hit rate per size class, per-tenant
-//! figures and peak RSS. The example exits non-zero on a leak (live bytes once every
+//! figures, peak RSS, and the exposition `GET /metrics` served at the end. The example exits non-zero on a leak (live bytes once every
 //! request is done), a checksum mismatch, a failed upload, or a reservation refused at
 //! rest (once idle, each hard-limited tenant must be able to reserve its whole limit).
 //!
@@ -244,6 +244,13 @@ async fn run(args: Args) -> Result<bool, Error> {
         totals.errors,
         elapsed.as_secs_f64()
     );
+    if let Some(load) = &load {
+        // scripts/promtool-check.sh lints this text.
+        print!(
+            "\n# Prometheus text (GET /metrics, once the clients were done)\n{}",
+            load.metrics
+        );
+    }
     if ok {
         println!("ok: every tenant's live bytes are back to 0, every checksum matched");
     } else {
@@ -533,6 +540,8 @@ struct LoadReport {
     mismatches: AtomicU64,
     failures: u64,
     latencies_us: Mutex<Vec<u64>>,
+    /// The exposition `GET /metrics` answered once the clients were done.
+    metrics: String,
 }
 
 /// Runs every client to the end, then checks `/metrics` over HTTP.
@@ -597,6 +606,7 @@ async fn drive(
 
     let mut report = Arc::into_inner(report).ok_or("a client still holds the report")?;
     report.failures = failures;
+    report.metrics = text.into_owned();
     Ok(report)
 }
 

@@ -387,7 +387,7 @@ async fn tenant_hard_limit_is_the_pool_variant() {
     drop(held);
     assert_eq!(tenant.live_bytes(), 0);
 
-    // 2 MiB with Content-Length: a Huge slab, which never fits 1 MiB.
+    // 2 MiB with Content-Length: never fits 1 MiB.
     let err = tenant
         .collect_body(Full::new(pattern(2 * MIB)), 16 * MIB)
         .await
@@ -396,7 +396,7 @@ async fn tenant_hard_limit_is_the_pool_variant() {
         panic!("expected the pool variant, got {err:?}");
     };
     assert!(
-        matches!(refusal, PoolError::TenantHardLimit { needed, limit, .. } if *needed == 10 * MIB as u64 && *limit == MIB as u64),
+        matches!(refusal, PoolError::TenantHardLimit { needed, limit, .. } if *needed > *limit && *limit == MIB as u64),
         "{refusal:?}"
     );
     assert!(!refusal.waiting_helps());
@@ -567,7 +567,12 @@ async fn chunked_41_mib_upload_fits_a_64_mib_hard_limit() {
     assert_same(&buf, &data);
     assert!(buf.capacity() <= 64 * MIB, "capacity {}", buf.capacity());
     assert!(tenant.live_bytes() <= 64 * MIB as u64);
-    assert_eq!(pool.snapshot().hard_limit_refusals_total["uploader"], 0);
+    let refusals = pool
+        .snapshot()
+        .hard_limit_refusals_total
+        .get("uploader")
+        .copied();
+    assert_eq!(refusals.unwrap_or(0), 0);
     drop(buf);
     assert_nothing_live(&pool.snapshot());
 }
