@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End to end: a real Prometheus server scrapes the ingest example's /metrics.
 #
-# Starts `examples/ingest --metrics-addr 127.0.0.1:0` (a short run, then it keeps serving),
+# Starts `examples/ingest --serve-seconds 60` (a short run of its own HTTP clients on an
+# ephemeral loopback port, then it keeps serving, /metrics included),
 # starts Prometheus 2.42 from Debian's package (fetch-prometheus.sh; no system install, no
 # daemon) on 127.0.0.1 with a temporary storage directory and a 1 s scrape of the example,
 # then asks the Prometheus HTTP API for `buffer_pool_live_bytes` and for tenant-0's
@@ -15,7 +16,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 bin=$(scripts/fetch-prometheus.sh)
-cargo build --release --features prometheus --example ingest
+cargo build --release --features axum,prometheus --example ingest
 
 work=$CARGO_TARGET_DIR/prometheus-e2e
 rm -rf "$work"
@@ -61,9 +62,9 @@ wait_or_fail() { # what
     sleep 0.25
 }
 
-# 1. The example: a short run, then /metrics on an ephemeral loopback port.
-"$CARGO_TARGET_DIR/release/examples/ingest" --frames 300 \
-    --metrics-addr 127.0.0.1:0 --serve-seconds 60 >"$work/ingest.log" 2>&1 &
+# 1. The example: a short run, then it keeps serving on its ephemeral loopback port.
+"$CARGO_TARGET_DIR/release/examples/ingest" --requests 300 \
+    --addr 127.0.0.1:0 --serve-seconds 60 >"$work/ingest.log" 2>&1 &
 ingest_pid=$!
 until target=$(grep -om1 'http://127\.0\.0\.1:[0-9]*/metrics' "$work/ingest.log"); do
     kill -0 "$ingest_pid" 2>/dev/null || fail "the ingest example exited early"
@@ -115,8 +116,14 @@ until up=$(query 'up{job="axon_ingest"}') && [[ $up == 1 ]]; do
     kill -0 "$ingest_pid" 2>/dev/null || fail "the ingest example exited"
     wait_or_fail "a successful scrape (up == 1)"
 done
-until live=$(query 'buffer_pool_live_bytes{job="axon_ingest"}'); do
-    wait_or_fail "buffer_pool_live_bytes in Prometheus"
+# The run's verdict is printed once its clients are done; scrapes after it see the pool
+# at rest.
+until grep -Eq '^(ok|FAILED):' "$work/ingest.log"; do
+    kill -0 "$ingest_pid" 2>/dev/null || fail "the ingest example exited"
+    wait_or_fail "the end of the example's run"
+done
+until live=$(query 'buffer_pool_live_bytes{job="axon_ingest"}') && [[ $live == 0 ]]; do
+    wait_or_fail "buffer_pool_live_bytes == 0 in Prometheus (last: ${live:-none})"
 done
 echo "prometheus-e2e: buffer_pool_live_bytes = $live"
 soft_query='buffer_pool_soft_limit_exceeded_total{job="axon_ingest",tenant_id="tenant-0"}'
@@ -130,7 +137,8 @@ python3 -c "import sys; sys.exit(float('$exceeded') <= 0)" ||
 [[ $live == 0 ]] || fail "live bytes should be 0 after the run, Prometheus says $live"
 
 # 4. The example's own verdict: Ctrl-C ends its serving, its exit code says whether every
-#    tenant's live bytes went back to 0.
+#    tenant's live bytes went back to 0, every checksum matched and every tenant could be
+#    charged again at rest.
 kill -INT "$ingest_pid"
 rc=0
 wait "$ingest_pid" || rc=$?

@@ -5,7 +5,8 @@
 # Two expositions are checked:
 #   1. the hostile-tenant-id exposition of tests/prometheus.rs (ids with `\`, `"`,
 #      newlines, CR, unicode, spaces, the empty id, `# EOF`, overflow ids), and
-#   2. the final exposition printed by `examples/ingest` after a short run.
+#   2. the exposition `examples/ingest` serves on GET /metrics after a short run (it prints
+#      it at the end).
 # A deliberately broken exposition (a raw newline inside a label value) must be rejected,
 # so a promtool that parses nothing cannot pass this script.
 #
@@ -37,8 +38,8 @@ AXON_PROM_DUMP=$out/hostile.txt cargo test --features prometheus --test promethe
 [[ -s $out/hostile.txt ]] || { echo "promtool-check: the test wrote no exposition" >&2; exit 1; }
 
 echo "promtool-check: rendering the ingest example's exposition"
-cargo build --release --features prometheus --example ingest
-"$CARGO_TARGET_DIR/release/examples/ingest" --frames 200 --tenants 3 >"$out/ingest.log" 2>&1 || {
+cargo build --release --features axum,prometheus --example ingest
+"$CARGO_TARGET_DIR/release/examples/ingest" --requests 200 --tenants 3 >"$out/ingest.log" 2>&1 || {
     cat "$out/ingest.log" >&2
     echo "promtool-check: the ingest example failed" >&2
     exit 1

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "http-body")]
+mod body;
 mod buf;
 mod class;
 mod error;
@@ -8,11 +10,15 @@ mod inner;
 mod leak;
 mod pool;
 mod snapshot;
+#[cfg(feature = "http-body")]
+mod status;
 mod tenant;
 
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 
+#[cfg(feature = "http-body")]
+pub use body::CollectError;
 pub use buf::PooledBuf;
 pub use class::PoolClass;
 pub use error::PoolError;

@@ -78,6 +78,22 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::{BufferPool, BufferPoolSnapshot, PoolClass};
 
+/// The `Content-Type` of the exposition [`render`] writes: OpenMetrics text 1.0.0 in UTF-8.
+/// Prometheus asks for it in its scrape's `Accept` header and parses the body by it.
+///
+/// # Examples
+///
+/// ```
+/// use axon_buffer::{prometheus, BufferPool};
+///
+/// // What a `/metrics` handler answers, with any HTTP server.
+/// let pool = BufferPool::default();
+/// let (content_type, body) = (prometheus::CONTENT_TYPE, prometheus::render(&pool));
+/// assert!(content_type.starts_with("application/openmetrics-text; version=1.0.0"));
+/// assert!(body.ends_with("# EOF\n"));
+/// ```
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Exports a [`BufferPool`] to a prometheus-client [`Registry`].
 ///
 /// Holds a clone of the pool handle (the pool lives as long as the registry does) and

@@ -1,0 +1,277 @@
+//! Request bodies straight into pooled buffers (feature `http-body`): `collect_body` on
+//! [`Tenant`] and [`BufferPool`], and [`CollectError`].
+//!
+//! The bodies of hyper, axum, tonic and reqwest are [`http_body::Body`]s: a stream of frames
+//! whose data chunks are `bytes::Buf`s (hyper's are `Bytes` cut from its read buffer). One
+//! loop serves every body:
+//!
+//! 1. The body's [`size_hint`](http_body::Body::size_hint) decides the first buffer. An
+//!    exact hint (a `Content-Length`) of at most `max` bytes is one acquire of exactly that
+//!    many bytes, so the buffer is in its final class from the start and is never promoted.
+//!    A lower bound above `max` is refused before anything is read or acquired. Any other
+//!    hint gives a first buffer of the lower bound, or, with no lower bound (a chunked
+//!    upload), one the size of the first data chunk.
+//! 2. Each data frame is copied once, chunk by chunk, into the pooled buffer, after
+//!    `try_reserve` made room for the whole frame (the buffer grows by its usual promotion
+//!    rule; a refusal is an error, never a panic). Trailers are skipped.
+//! 3. On any error the buffer is dropped before the error is returned: the tenant and the
+//!    pool are charged nothing, and nothing of the body is kept.
+//!
+//! Where the memory comes from is the one thing a waiting form changes, so the loop takes
+//! it from a [`Room`]: the handles here refuse at once; a waiting form would wait for the
+//! first buffer and for each growth step instead.
+
+use std::future::{self, Future};
+use std::pin::pin;
+
+use bytes::Buf;
+use http_body::Body;
+
+use crate::{BufferPool, PoolError, PooledBuf, Tenant};
+
+/// Why [`Tenant::collect_body`] or [`BufferPool::collect_body`] gave no buffer. `E` is the
+/// body's own error type (`hyper::Error`, `axum::Error`, ...).
+///
+/// Whatever the variant, nothing was charged and nothing of the body was kept: the buffer,
+/// if one was acquired, was dropped before the error was returned.
+///
+/// [`status_code`](CollectError::status_code) maps each variant to an HTTP status, and with
+/// the `axum` feature the error is an axum response itself.
+///
+/// # Examples
+///
+/// ```
+/// use axon_buffer::{BufferPool, CollectError};
+/// use bytes::Bytes;
+/// use http::StatusCode;
+/// use http_body_util::Full;
+///
+/// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// # rt.block_on(async {
+/// let pool = BufferPool::default();
+/// let body = Full::new(Bytes::from(vec![7u8; 2048])); // Content-Length: 2048
+/// let err = pool.tenant("acme").collect_body(body, 1024).await.unwrap_err();
+/// assert!(matches!(err, CollectError::TooLarge { max: 1024, at_least: 2048 }));
+/// assert_eq!(err.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+/// assert_eq!(pool.snapshot().acquisitions_total(), 0); // refused from the hint alone
+/// # });
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectError<E> {
+    /// The body itself failed: the connection broke, the client sent a malformed chunk, a
+    /// `Content-Length` body ended early, or a body wrapper refused it. The body's error is
+    /// the [`source`](std::error::Error::source).
+    #[error("the request body failed")]
+    Body(#[source] E),
+    /// The body has more than `max` bytes: its size hint said so before anything was read,
+    /// or more than `max` bytes arrived.
+    #[error("request body of at least {at_least} bytes passes the {max}-byte maximum")]
+    TooLarge {
+        /// The `max` passed to `collect_body`.
+        max: usize,
+        /// Bytes the body has at least: the lower bound of its size hint, or the bytes
+        /// received up to and including the frame that passed `max`.
+        at_least: u64,
+    },
+    /// The pool refused the buffer or a growth step: a hard limit, `max_live_bytes`,
+    /// `max_request_bytes` or the allocator. [`PoolError::waiting_helps`] says whether the
+    /// same body can fit later.
+    #[error("the pool refused memory for the request body")]
+    Pool(#[from] PoolError),
+}
+
+impl Tenant {
+    /// Reads a whole HTTP body into one buffer charged to this tenant, refusing bodies of
+    /// more than `max` bytes.
+    ///
+    /// A body with an exact size hint (a request with `Content-Length`) of at most `max`
+    /// bytes takes one buffer of exactly that size, in its final class, and is never
+    /// promoted; one whose hint passes `max` is refused before anything is read or
+    /// acquired. A body of unknown length (chunked) starts with a buffer the size of its
+    /// first data chunk and grows as chunks arrive. Each byte is copied once, from the
+    /// body's chunks into the buffer; trailers are ignored.
+    ///
+    /// `max` is the caller's limit on the body; the tenant's hard limit and the pool's
+    /// limits apply on top of it, to the buffer's capacity (its class), as for any buffer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::{BufferPool, PoolClass};
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    ///
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// let pool = BufferPool::default();
+    /// let tenant = pool.tenant("acme");
+    /// let body = Full::new(Bytes::from(vec![1u8; 300_000])); // an exact size hint
+    /// let buf = tenant.collect_body(body, 16 << 20).await?;
+    /// assert_eq!(buf.len(), 300_000);
+    /// assert_eq!(buf.class(), PoolClass::Large); // one acquire, in its final class
+    /// assert_eq!(pool.snapshot().promotions_total, 0);
+    /// let shared = buf.freeze(); // hand it to consumers, no copy
+    /// # drop(shared);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`CollectError::Body`] when the body yields an error, [`CollectError::TooLarge`] when
+    /// its size hint or the bytes it delivers pass `max`, [`CollectError::Pool`] when the
+    /// pool refuses the buffer or a growth step (the tenant's hard limit, `max_live_bytes`,
+    /// `max_request_bytes`, the allocator). Nothing is charged or kept on error.
+    pub async fn collect_body<B>(
+        &self,
+        body: B,
+        max: usize,
+    ) -> Result<PooledBuf, CollectError<B::Error>>
+    where
+        B: Body,
+        B::Data: Buf,
+    {
+        collect(self, body, max).await
+    }
+}
+
+impl BufferPool {
+    /// Reads a whole HTTP body into one buffer charged to no tenant, refusing bodies of more
+    /// than `max` bytes; [`Tenant::collect_body`] describes how.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::BufferPool;
+    /// use bytes::Bytes;
+    /// use futures_util::stream;
+    /// use http_body::Frame;
+    /// use http_body_util::StreamBody;
+    ///
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// let pool = BufferPool::default();
+    /// // A chunked body: no size hint, three frames.
+    /// let frames = ["he", "llo", "!"].map(|s| Ok::<_, std::io::Error>(Frame::data(Bytes::from(s))));
+    /// let buf = pool.collect_body(StreamBody::new(stream::iter(frames)), 1024).await?;
+    /// assert_eq!(&buf[..], b"hello!");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Tenant::collect_body`], without a tenant's hard limit.
+    pub async fn collect_body<B>(
+        &self,
+        body: B,
+        max: usize,
+    ) -> Result<PooledBuf, CollectError<B::Error>>
+    where
+        B: Body,
+        B::Data: Buf,
+    {
+        collect(self, body, max).await
+    }
+}
+
+/// Where the collect loop gets its memory: the first buffer, and room before each append.
+/// The handles refuse at once; a waiting form waits instead, and the loop stays the same.
+trait Room {
+    /// A buffer of at least `bytes` bytes.
+    fn first(&self, bytes: usize) -> impl Future<Output = Result<PooledBuf, PoolError>>;
+
+    /// Room in `buf` for `additional` more bytes.
+    fn make_room(
+        &self,
+        buf: &mut PooledBuf,
+        additional: usize,
+    ) -> impl Future<Output = Result<(), PoolError>>;
+}
+
+impl Room for Tenant {
+    fn first(&self, bytes: usize) -> impl Future<Output = Result<PooledBuf, PoolError>> {
+        future::ready(self.try_acquire(bytes))
+    }
+
+    fn make_room(
+        &self,
+        buf: &mut PooledBuf,
+        additional: usize,
+    ) -> impl Future<Output = Result<(), PoolError>> {
+        future::ready(buf.try_reserve(additional))
+    }
+}
+
+impl Room for BufferPool {
+    fn first(&self, bytes: usize) -> impl Future<Output = Result<PooledBuf, PoolError>> {
+        future::ready(self.try_acquire(bytes))
+    }
+
+    fn make_room(
+        &self,
+        buf: &mut PooledBuf,
+        additional: usize,
+    ) -> impl Future<Output = Result<(), PoolError>> {
+        future::ready(buf.try_reserve(additional))
+    }
+}
+
+/// The loop of `collect_body`, described in the module docs.
+async fn collect<R, B>(room: &R, body: B, max: usize) -> Result<PooledBuf, CollectError<B::Error>>
+where
+    R: Room,
+    B: Body,
+{
+    let lower = body.size_hint().lower();
+    if lower > max as u64 {
+        return Err(CollectError::TooLarge {
+            max,
+            at_least: lower,
+        });
+    }
+    // With a lower bound (an exact one in the common case) the first buffer is sized from
+    // it; without one, from the first data chunk, so a body that fails first charges
+    // nothing at all.
+    let mut buf = match lower {
+        0 => None,
+        lower => Some(room.first(lower as usize).await?),
+    };
+    let mut body = pin!(body);
+    let mut received = 0usize;
+    while let Some(frame) = future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let Ok(mut data) = frame.map_err(CollectError::Body)?.into_data() else {
+            continue; // trailers: not part of the payload
+        };
+        let len = data.remaining();
+        if len == 0 {
+            continue;
+        }
+        received = received.saturating_add(len);
+        if received > max {
+            return Err(CollectError::TooLarge {
+                max,
+                at_least: received as u64,
+            });
+        }
+        let buf = match &mut buf {
+            Some(buf) => {
+                room.make_room(buf, len).await?;
+                buf
+            }
+            None => buf.insert(room.first(len).await?),
+        };
+        // Room for all of `len` is made: these appends never promote, so never panic.
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let taken = chunk.len();
+            buf.extend_from_slice(chunk);
+            data.advance(taken);
+        }
+    }
+    match buf {
+        Some(buf) => Ok(buf),
+        None => Ok(room.first(0).await?), // an empty body
+    }
+}

@@ -1,0 +1,243 @@
+//! HTTP answers for refusals (feature `http-body`): [`PoolError::status_code`],
+//! [`CollectError::status_code`], a retry hint, and with the `axum` feature an axum
+//! `IntoResponse` for both errors, so a handler returns them with `?` and no wrapper.
+//!
+//! The mapping is documented on `PoolError::status_code` (the public docs); in short, 413
+//! for what never fits, 429 / 503 with `Retry-After` when waiting helps, 400 for a broken
+//! body. The retry hint is one second: the pool cannot know when other requests will drop
+//! their buffers, and a second is long for a request and short for a client's backoff.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::{CollectError, PoolError};
+
+/// The `Retry-After` hint of a refusal that waiting can fix.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl PoolError {
+    /// The HTTP status that answers a request refused with this error:
+    ///
+    /// | error | status | [`retry_after`](Self::retry_after) |
+    /// |---|---|---|
+    /// | `TooLarge` (`max_request_bytes`) | 413 Content Too Large | |
+    /// | `TenantHardLimit`, waiting helps | 429 Too Many Requests | 1 s |
+    /// | `PoolLimit`, waiting helps | 503 Service Unavailable | 1 s |
+    /// | `TenantHardLimit` or `PoolLimit`, larger than the limit | 413 Content Too Large | |
+    /// | `AllocFailed` | 503 Service Unavailable | |
+    /// | `GlobalAlreadyInitialized` | 500 Internal Server Error | |
+    ///
+    /// "Waiting helps" is [`waiting_helps`](Self::waiting_helps): the request fits the
+    /// limit itself, so it succeeds once other buffers drop. A request that can never fit
+    /// is 413 whichever limit refused it, since sending it again is refused again. A tenant
+    /// at its own limit is 429 (that client sends too much at once); the pool at
+    /// `max_live_bytes` is 503 (the server is busy for everyone). `GlobalAlreadyInitialized`
+    /// is the server's bug, not the client's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::BufferPool;
+    /// use http::StatusCode;
+    ///
+    /// let pool = BufferPool::default();
+    /// let tenant = pool.tenant("acme");
+    /// tenant.set_hard_limit(Some(1 << 20));
+    /// let held = tenant.acquire(1 << 20);
+    ///
+    /// let busy = tenant.try_acquire(4096).unwrap_err(); // fits once `held` drops
+    /// assert_eq!(busy.status_code(), StatusCode::TOO_MANY_REQUESTS);
+    /// let never = tenant.try_acquire(2 << 20).unwrap_err(); // 2 MiB never fits 1 MiB
+    /// assert_eq!(never.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+    /// # drop(held);
+    /// ```
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            PoolError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            PoolError::TenantHardLimit { .. } if self.waiting_helps() => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            PoolError::PoolLimit { .. } if self.waiting_helps() => StatusCode::SERVICE_UNAVAILABLE,
+            PoolError::TenantHardLimit { .. } | PoolError::PoolLimit { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            PoolError::AllocFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            PoolError::GlobalAlreadyInitialized => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// How long a client should wait before sending the same request again, for a
+    /// `Retry-After` header: one second when [`waiting_helps`](Self::waiting_helps) (the
+    /// 429 and 503 limit refusals), `None` otherwise. An allocator failure gets no hint:
+    /// nothing says when memory comes back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axon_buffer::BufferPool;
+    ///
+    /// let pool = BufferPool::builder().max_live_bytes(64 * 1024).build();
+    /// let held = pool.acquire(64 * 1024);
+    /// let busy = pool.try_acquire(100).unwrap_err();
+    /// assert_eq!(busy.status_code(), http::StatusCode::SERVICE_UNAVAILABLE);
+    /// assert_eq!(busy.retry_after(), Some(Duration::from_secs(1)));
+    /// # drop(held);
+    /// ```
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.waiting_helps().then_some(RETRY_AFTER)
+    }
+
+    /// A short text for the response body: why, never whose data.
+    #[cfg(feature = "axum")]
+    fn reason(&self) -> String {
+        let waits = self.waiting_helps();
+        match self {
+            PoolError::TooLarge { max, .. } => format!("request too large: at most {max} bytes"),
+            PoolError::TenantHardLimit { .. } if waits => {
+                "the tenant's memory limit is reached: retry later".into()
+            }
+            PoolError::TenantHardLimit { .. } => {
+                "request larger than the tenant's memory limit".into()
+            }
+            PoolError::PoolLimit { .. } if waits => {
+                "the server's memory limit is reached: retry later".into()
+            }
+            PoolError::PoolLimit { .. } => "request larger than the server's memory limit".into(),
+            PoolError::AllocFailed { .. } => "the server is out of memory".into(),
+            PoolError::GlobalAlreadyInitialized => "internal server error".into(),
+        }
+    }
+}
+
+impl<E> CollectError<E> {
+    /// The HTTP status that answers a request whose body could not be collected:
+    ///
+    /// | error | status | [`retry_after`](Self::retry_after) |
+    /// |---|---|---|
+    /// | `Body` (the body broke) | 400 Bad Request | |
+    /// | `TooLarge` (`max` passed) | 413 Content Too Large | |
+    /// | `Pool(err)` | [`err.status_code()`](PoolError::status_code): 413, 429, 503 or 500 | `err.retry_after()` |
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::{BufferPool, CollectError};
+    /// use bytes::Bytes;
+    /// use http::StatusCode;
+    /// use http_body_util::Full;
+    ///
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// let pool = BufferPool::default();
+    /// let tenant = pool.tenant("acme");
+    /// tenant.set_hard_limit(Some(64 * 1024));
+    /// let body = Full::new(Bytes::from(vec![0u8; 100_000])); // a Large slab: 1 MiB
+    /// let err = tenant.collect_body(body, 1 << 20).await.unwrap_err();
+    /// assert!(matches!(err, CollectError::Pool(_)));
+    /// assert_eq!(err.status_code(), StatusCode::PAYLOAD_TOO_LARGE); // never fits 64 KiB
+    /// assert_eq!(err.retry_after(), None);
+    /// # });
+    /// ```
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            CollectError::Body(_) => StatusCode::BAD_REQUEST,
+            CollectError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            CollectError::Pool(err) => err.status_code(),
+        }
+    }
+
+    /// The `Retry-After` hint: the pool refusal's ([`PoolError::retry_after`]), `None` for
+    /// a broken or too large body.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::CollectError;
+    ///
+    /// let err: CollectError<std::io::Error> = CollectError::TooLarge { max: 10, at_least: 11 };
+    /// assert_eq!(err.retry_after(), None);
+    /// ```
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CollectError::Pool(err) => err.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// A short text for the response body: why, never the body's bytes.
+    #[cfg(feature = "axum")]
+    fn reason(&self) -> String {
+        match self {
+            CollectError::Body(_) => "broken request body".into(),
+            CollectError::TooLarge { max, .. } => {
+                format!("request body too large: at most {max} bytes")
+            }
+            CollectError::Pool(err) => err.reason(),
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+mod axum_response {
+    use axum_core::response::{IntoResponse, Response};
+    use http::header::{HeaderValue, RETRY_AFTER};
+
+    use super::*;
+
+    /// The response of a refusal: its status, `Retry-After` when waiting helps, and a short
+    /// plain-text reason.
+    fn respond(status: StatusCode, retry_after: Option<Duration>, reason: String) -> Response {
+        let mut response = (status, reason + "\n").into_response();
+        if let Some(after) = retry_after {
+            let seconds = after.as_secs().max(1);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+
+    /// Feature `axum`: the status of [`PoolError::status_code`], a `Retry-After` header
+    /// when [`PoolError::retry_after`] gives one, and a one-line plain-text reason (no
+    /// tenant id, no figure but the request maximum).
+    ///
+    /// ```
+    /// use axon_buffer::BufferPool;
+    /// use axum_core::response::IntoResponse;
+    ///
+    /// let pool = BufferPool::default();
+    /// let tenant = pool.tenant("acme");
+    /// tenant.set_hard_limit(Some(4096));
+    /// let held = tenant.acquire(100);
+    /// let response = tenant.try_acquire(100).unwrap_err().into_response();
+    /// assert_eq!(response.status(), http::StatusCode::TOO_MANY_REQUESTS);
+    /// assert_eq!(response.headers()["retry-after"], "1");
+    /// # drop(held);
+    /// ```
+    impl IntoResponse for PoolError {
+        fn into_response(self) -> Response {
+            respond(self.status_code(), self.retry_after(), self.reason())
+        }
+    }
+
+    /// Feature `axum`: the status of [`CollectError::status_code`], a `Retry-After` header
+    /// when [`CollectError::retry_after`] gives one, and a one-line plain-text reason
+    /// (never the body's bytes, nor the body's own error message).
+    ///
+    /// ```
+    /// use axon_buffer::CollectError;
+    /// use axum_core::response::IntoResponse;
+    ///
+    /// let err: CollectError<std::io::Error> = CollectError::TooLarge { max: 1024, at_least: 4096 };
+    /// let response = err.into_response();
+    /// assert_eq!(response.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    /// assert!(response.headers().get("retry-after").is_none());
+    /// ```
+    impl<E> IntoResponse for CollectError<E> {
+        fn into_response(self) -> Response {
+            respond(self.status_code(), self.retry_after(), self.reason())
+        }
+    }
+}

@@ -1,0 +1,746 @@
+//! `collect_body` (feature `http-body`): how many acquisitions and promotions a body costs,
+//! what is refused and how, that nothing is charged or kept on any error, the HTTP status
+//! of each refusal, and (feature `axum`) the responses and a real loopback server.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axon_buffer::{BufferPool, BufferPoolSnapshot, CollectError, PoolClass, PoolError};
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::channel::Channel;
+use http_body_util::{Full, StreamBody};
+
+mod common;
+use common::assert_nothing_live;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+/// `len` bytes that differ from their neighbours, so a misplaced chunk shows.
+fn pattern(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+type Frames = stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
+
+/// A chunked upload: `data` in frames of `chunk` bytes (the last may be shorter), no size
+/// hint, as hyper delivers a body sent without `Content-Length`.
+fn chunked(data: &Bytes, chunk: usize) -> StreamBody<Frames> {
+    let frames: Vec<_> = (0..data.len())
+        .step_by(chunk)
+        .map(|at| Ok(Frame::data(data.slice(at..(at + chunk).min(data.len())))))
+        .collect();
+    StreamBody::new(stream::iter(frames))
+}
+
+/// A body with an exact size hint of `hint` bytes over any other body, as hyper gives for a
+/// request with `Content-Length` (delivered in many frames). The hint may lie.
+struct Exact<B> {
+    body: B,
+    hint: u64,
+}
+
+impl<B: Body + Unpin> Body for Exact<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.hint)
+    }
+}
+
+fn exact(data: &Bytes, chunk: usize) -> Exact<StreamBody<Frames>> {
+    Exact {
+        body: chunked(data, chunk),
+        hint: data.len() as u64,
+    }
+}
+
+fn acquisitions(snap: &BufferPoolSnapshot, class: PoolClass) -> u64 {
+    snap.pool_hits[&class] + snap.pool_misses[&class]
+}
+
+#[track_caller]
+fn assert_same(got: &[u8], want: &[u8]) {
+    assert_eq!(got.len(), want.len(), "length");
+    // Not assert_eq!: a failure would print megabytes.
+    let first = got.iter().zip(want).position(|(a, b)| a != b);
+    assert_eq!(first, None, "first differing byte");
+}
+
+#[test]
+fn collect_body_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let pool = BufferPool::default();
+    let tenant = pool.tenant("acme");
+    assert_send(&tenant.collect_body(Full::new(Bytes::new()), 1));
+    assert_send(&pool.collect_body(chunked(&pattern(10), 3), 1));
+}
+
+#[tokio::test]
+async fn exact_hint_is_one_acquire_in_the_final_class() {
+    let cases = [
+        (1000, PoolClass::Small, 4 * KIB),
+        (50_000, PoolClass::Medium, 64 * KIB),
+        (300_000, PoolClass::Large, MIB),
+        (3 * MIB + 17, PoolClass::Huge, 10 * MIB),
+        (12 * MIB, PoolClass::Oversize, 12 * MIB),
+    ];
+    for (len, class, capacity) in cases {
+        let pool = BufferPool::default();
+        let tenant = pool.tenant("acme");
+        let data = pattern(len);
+        // In 64 KiB frames, as hyper delivers a Content-Length body.
+        let buf = tenant
+            .collect_body(exact(&data, 64 * KIB), 16 * MIB)
+            .await
+            .unwrap();
+        assert_same(&buf, &data);
+        assert_eq!(
+            (buf.class(), buf.capacity()),
+            (class, capacity),
+            "{len} bytes"
+        );
+
+        let snap = pool.snapshot();
+        assert_eq!(snap.promotions_total, 0, "{len} bytes: promoted");
+        assert_eq!(snap.acquisitions_total(), 1, "{len} bytes: acquisitions");
+        if class != PoolClass::Oversize {
+            assert_eq!(acquisitions(&snap, class), 1, "{len} bytes");
+        }
+        assert_eq!(snap.tenant_live_bytes["acme"], capacity as u64);
+        drop(buf);
+        assert_nothing_live(&pool.snapshot());
+    }
+}
+
+#[tokio::test]
+async fn full_body_is_one_acquire_of_its_length() {
+    let pool = BufferPool::default();
+    let data = pattern(300_000);
+    let buf = pool
+        .collect_body(Full::new(data.clone()), MIB)
+        .await
+        .unwrap();
+    assert_same(&buf, &data);
+    assert_eq!(buf.class(), PoolClass::Large);
+    assert_eq!(buf.tenant(), None);
+    let snap = pool.snapshot();
+    assert_eq!(snap.pool_misses[&PoolClass::Large], 1);
+    assert_eq!(snap.acquisitions_total(), 1);
+    assert_eq!(snap.live_bytes, MIB as u64);
+    drop(buf);
+    assert_nothing_live(&pool.snapshot());
+}
+
+#[tokio::test]
+async fn exact_hint_of_max_is_accepted() {
+    let pool = BufferPool::default();
+    let data = pattern(64 * KIB);
+    let buf = pool
+        .tenant("acme")
+        .collect_body(exact(&data, 4000), 64 * KIB)
+        .await
+        .unwrap();
+    assert_same(&buf, &data);
+    assert_eq!(buf.class(), PoolClass::Medium);
+    assert_eq!(pool.snapshot().promotions_total, 0);
+}
+
+#[tokio::test]
+async fn empty_body_gives_an_empty_buffer() {
+    let pool = BufferPool::default();
+    let buf = pool
+        .tenant("acme")
+        .collect_body(Full::new(Bytes::new()), 0)
+        .await
+        .unwrap();
+    assert!(buf.is_empty());
+    assert_eq!(buf.class(), PoolClass::Small);
+    assert_eq!(pool.snapshot().acquisitions_total(), 1);
+
+    let none = chunked(&Bytes::new(), 10);
+    let buf = pool.tenant("acme").collect_body(none, 0).await.unwrap();
+    assert!(buf.is_empty());
+}
+
+#[tokio::test]
+async fn chunked_body_grows_and_content_is_exact() {
+    let pool = BufferPool::default();
+    let tenant = pool.tenant("acme");
+    let data = pattern(3 * MIB + 123);
+    let buf = tenant
+        .collect_body(chunked(&data, 64 * KIB), 16 * MIB)
+        .await
+        .unwrap();
+    assert_same(&buf, &data);
+    assert_eq!(buf.class(), PoolClass::Huge);
+
+    // The first buffer fits the first chunk (Medium), then Large, then Huge.
+    let snap = pool.snapshot();
+    assert_eq!(snap.promotions_total, 2);
+    for class in [PoolClass::Medium, PoolClass::Large, PoolClass::Huge] {
+        assert_eq!(acquisitions(&snap, class), 1, "{class:?}");
+    }
+    assert_eq!(acquisitions(&snap, PoolClass::Small), 0);
+    assert_eq!(snap.tenant_live_bytes["acme"], 10 * MIB as u64);
+    drop(buf);
+    assert_nothing_live(&pool.snapshot());
+}
+
+#[tokio::test]
+async fn chunked_body_of_small_ragged_frames() {
+    let pool = BufferPool::default();
+    let data = pattern(100_003);
+    let buf = pool
+        .tenant("acme")
+        .collect_body(chunked(&data, 999), MIB)
+        .await
+        .unwrap();
+    assert_same(&buf, &data);
+    assert_eq!(buf.class(), PoolClass::Large);
+    let snap = pool.snapshot();
+    // Small (the first 999 bytes), Medium, Large.
+    assert_eq!(snap.promotions_total, 2);
+    assert_eq!(acquisitions(&snap, PoolClass::Small), 1);
+}
+
+#[tokio::test]
+async fn trailers_and_empty_frames_are_skipped() {
+    let pool = BufferPool::default();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    let frames: Vec<Result<_, Infallible>> = vec![
+        Ok(Frame::data(Bytes::from_static(b""))),
+        Ok(Frame::data(Bytes::from_static(b"hello "))),
+        Ok(Frame::data(Bytes::from_static(b"world"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = StreamBody::new(stream::iter(frames));
+    let buf = pool.tenant("acme").collect_body(body, 64).await.unwrap();
+    assert_eq!(&buf[..], b"hello world");
+    assert_eq!(pool.snapshot().acquisitions_total(), 1);
+}
+
+#[tokio::test]
+async fn hint_above_max_is_refused_with_nothing_acquired() {
+    let pool = BufferPool::default();
+    let tenant = pool.tenant("acme");
+    let err = tenant
+        .collect_body(Full::new(pattern(2 * MIB)), MIB)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CollectError::TooLarge { max, at_least } if max == MIB && at_least == 2 * MIB as u64),
+        "{err:?}"
+    );
+    assert_eq!(err.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(err.retry_after(), None);
+
+    // A lower bound alone (no upper) passing max is refused the same way.
+    let mut hint = SizeHint::new();
+    hint.set_lower(MIB as u64 + 1);
+    struct Lower(SizeHint);
+    impl Body for Lower {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            panic!("a body refused from its hint is never read")
+        }
+        fn size_hint(&self) -> SizeHint {
+            self.0
+        }
+    }
+    let err = tenant.collect_body(Lower(hint), MIB).await.unwrap_err();
+    assert!(matches!(err, CollectError::TooLarge { at_least, .. } if at_least == MIB as u64 + 1));
+
+    let snap = pool.snapshot();
+    assert_eq!(snap.acquisitions_total(), 0);
+    assert_eq!(snap.promotions_total, 0);
+    assert_nothing_live(&snap);
+}
+
+#[tokio::test]
+async fn body_longer_than_max_is_refused_and_nothing_kept() {
+    let pool = BufferPool::default();
+    let tenant = pool.tenant("acme");
+    let err = tenant
+        .collect_body(chunked(&pattern(2 * MIB), 64 * KIB), MIB)
+        .await
+        .unwrap_err();
+    // Refused at the frame that passed max, without reading the rest.
+    assert!(
+        matches!(err, CollectError::TooLarge { max, at_least } if max == MIB && at_least == (MIB + 64 * KIB) as u64),
+        "{err:?}"
+    );
+    assert_eq!(err.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(tenant.live_bytes(), 0);
+    let snap = pool.snapshot();
+    assert!(snap.acquisitions_total() > 0);
+    assert_nothing_live(&snap);
+
+    // A Content-Length that lies low: the bytes delivered count, not the hint.
+    let lying = Exact {
+        body: chunked(&pattern(200), 50),
+        hint: 100,
+    };
+    let err = tenant.collect_body(lying, 150).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CollectError::TooLarge {
+                max: 150,
+                at_least: 200
+            }
+        ),
+        "{err:?}"
+    );
+    assert_nothing_live(&pool.snapshot());
+}
+
+#[tokio::test]
+async fn body_error_is_the_body_variant_and_nothing_kept() {
+    let pool = BufferPool::default();
+    let tenant = pool.tenant("acme");
+
+    // 300 KiB arrive, then the connection breaks.
+    let (mut sender, body) = Channel::<Bytes, std::io::Error>::new(8);
+    let data = pattern(300 * KIB);
+    for at in (0..data.len()).step_by(100 * KIB) {
+        sender
+            .try_send(Frame::data(data.slice(at..at + 100 * KIB)))
+            .unwrap();
+    }
+    sender.abort(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "peer went away",
+    ));
+    let err = tenant.collect_body(body, 16 * MIB).await.unwrap_err();
+    let CollectError::Body(ref source) = err else {
+        panic!("expected the body variant, got {err:?}");
+    };
+    assert_eq!(source.kind(), std::io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        std::error::Error::source(&err).map(ToString::to_string),
+        Some("peer went away".to_owned())
+    );
+    assert_eq!(err.status_code(), StatusCode::BAD_REQUEST);
+    assert_eq!(err.retry_after(), None);
+    assert_eq!(tenant.live_bytes(), 0);
+    let snap = pool.snapshot();
+    assert!(snap.acquisitions_total() > 0);
+    assert_nothing_live(&snap);
+
+    // An error before any data: no buffer was ever taken.
+    let pool = BufferPool::default();
+    let (sender, body) = Channel::<Bytes, std::io::Error>::new(1);
+    sender.abort(std::io::Error::other("refused"));
+    let err = pool
+        .tenant("acme")
+        .collect_body(body, MIB)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CollectError::Body(_)));
+    assert_eq!(pool.snapshot().acquisitions_total(), 0);
+}
+
+#[tokio::test]
+async fn tenant_hard_limit_is_the_pool_variant() {
+    let pool = BufferPool::default();
+    let tenant = pool.tenant("capped");
+    tenant.set_hard_limit(Some(MIB as u64));
+
+    // The tenant is at its limit: this small body fits once the held buffer drops.
+    let held = tenant.acquire(MIB);
+    let err = tenant
+        .collect_body(Full::new(pattern(10 * KIB)), 16 * MIB)
+        .await
+        .unwrap_err();
+    let CollectError::Pool(ref refusal) = err else {
+        panic!("expected the pool variant, got {err:?}");
+    };
+    assert!(
+        matches!(refusal, PoolError::TenantHardLimit { .. }),
+        "{refusal:?}"
+    );
+    assert!(refusal.waiting_helps());
+    assert_eq!(err.status_code(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+    drop(held);
+    assert_eq!(tenant.live_bytes(), 0);
+
+    // 2 MiB with Content-Length: never fits 1 MiB.
+    let err = tenant
+        .collect_body(Full::new(pattern(2 * MIB)), 16 * MIB)
+        .await
+        .unwrap_err();
+    let CollectError::Pool(ref refusal) = err else {
+        panic!("expected the pool variant, got {err:?}");
+    };
+    assert!(
+        matches!(refusal, PoolError::TenantHardLimit { needed, limit, .. } if *needed > *limit && *limit == MIB as u64),
+        "{refusal:?}"
+    );
+    assert!(!refusal.waiting_helps());
+    assert_eq!(err.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(err.retry_after(), None);
+
+    // The same body chunked: it grows to Large (1 MiB, equal to the limit, allowed), and
+    // the step to Huge is refused; the buffer it had is dropped.
+    let err = tenant
+        .collect_body(chunked(&pattern(2 * MIB), 64 * KIB), 16 * MIB)
+        .await
+        .unwrap_err();
+    let CollectError::Pool(ref refusal) = err else {
+        panic!("expected the pool variant, got {err:?}");
+    };
+    assert!(!refusal.waiting_helps(), "{refusal:?}");
+    assert_eq!(err.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let snap = pool.snapshot();
+    assert_eq!(snap.hard_limit_refusals_total["capped"], 3);
+    assert_nothing_live(&snap);
+    // Nothing was left charged: the whole limit can be reserved at rest.
+    drop(tenant.try_reserve(MIB as u64).unwrap());
+}
+
+#[tokio::test]
+async fn pool_limits_are_the_pool_variant() {
+    // max_live_bytes: waiting helps -> 503 with a retry hint.
+    let pool = BufferPool::builder().max_live_bytes(MIB as u64).build();
+    let held = pool.acquire(MIB);
+    let err = pool
+        .collect_body(Full::new(pattern(100)), MIB)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CollectError::Pool(PoolError::PoolLimit { .. })),
+        "{err:?}"
+    );
+    assert_eq!(err.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+    drop(held);
+    // ... and never fits -> 413.
+    let err = pool
+        .collect_body(Full::new(pattern(2 * MIB)), 16 * MIB)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CollectError::Pool(PoolError::PoolLimit { .. })),
+        "{err:?}"
+    );
+    assert_eq!(err.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_nothing_live(&pool.snapshot());
+
+    // max_request_bytes below the body's max: the pool's TooLarge, 413.
+    let pool = BufferPool::builder().max_request_bytes(MIB).build();
+    let err = pool
+        .tenant("acme")
+        .collect_body(Full::new(pattern(2 * MIB)), 16 * MIB)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CollectError::Pool(PoolError::TooLarge { .. })),
+        "{err:?}"
+    );
+    assert_eq!(err.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(err.retry_after(), None);
+    assert_nothing_live(&pool.snapshot());
+}
+
+#[test]
+fn status_code_of_every_error() {
+    let refusals = [
+        (
+            PoolError::TooLarge {
+                requested: 2,
+                max: 1,
+            },
+            413,
+            None,
+        ),
+        (
+            PoolError::AllocFailed {
+                class: PoolClass::Huge,
+                bytes: 10 * MIB,
+            },
+            503,
+            None,
+        ),
+        (
+            PoolError::TenantHardLimit {
+                tenant: "a".into(),
+                requested: 10,
+                live: 95,
+                limit: 100,
+                needed: 10,
+            },
+            429,
+            Some(1),
+        ),
+        (
+            PoolError::TenantHardLimit {
+                tenant: "a".into(),
+                requested: 200,
+                live: 0,
+                limit: 100,
+                needed: 200,
+            },
+            413,
+            None,
+        ),
+        (
+            PoolError::PoolLimit {
+                requested: 10,
+                live: 95,
+                limit: 100,
+                needed: 100,
+            },
+            503,
+            Some(1),
+        ),
+        (
+            PoolError::PoolLimit {
+                requested: 10,
+                live: 95,
+                limit: 100,
+                needed: 101,
+            },
+            413,
+            None,
+        ),
+        (PoolError::GlobalAlreadyInitialized, 500, None),
+    ];
+    for (err, status, retry) in refusals {
+        let retry = retry.map(Duration::from_secs);
+        assert_eq!(err.status_code().as_u16(), status, "{err:?}");
+        assert_eq!(err.retry_after(), retry, "{err:?}");
+        let wrapped = CollectError::<Infallible>::from(err.clone());
+        assert_eq!(wrapped.status_code().as_u16(), status, "{err:?}");
+        assert_eq!(wrapped.retry_after(), retry, "{err:?}");
+    }
+    let broken = CollectError::Body(std::io::Error::other("reset"));
+    assert_eq!(broken.status_code(), StatusCode::BAD_REQUEST);
+    let large = CollectError::<Infallible>::TooLarge {
+        max: 1,
+        at_least: 2,
+    };
+    assert_eq!(large.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        large.to_string(),
+        "request body of at least 2 bytes passes the 1-byte maximum"
+    );
+}
+
+/// The hard limit does not refuse what fits it: 41 MiB arriving in 64 KiB chunks, with no
+/// size hint, under a 64 MiB hard limit (and a 64 MiB `max`). Growth by doubling alone
+/// would take the buffer to 80 MiB on the way; it must grow only to what is needed once
+/// doubling would pass the limit.
+#[tokio::test]
+async fn chunked_41_mib_upload_fits_a_64_mib_hard_limit() {
+    let pool = BufferPool::default();
+    let tenant = pool.tenant("uploader");
+    tenant.set_hard_limit(Some(64 * MIB as u64));
+    let data = pattern(41 * MIB);
+    let result = tenant
+        .collect_body(chunked(&data, 64 * KIB), 64 * MIB)
+        .await;
+    let buf = result.expect("a 41 MiB chunked upload fits a 64 MiB hard limit");
+    assert_same(&buf, &data);
+    assert!(buf.capacity() <= 64 * MIB, "capacity {}", buf.capacity());
+    assert!(tenant.live_bytes() <= 64 * MIB as u64);
+    let refusals = pool
+        .snapshot()
+        .hard_limit_refusals_total
+        .get("uploader")
+        .copied();
+    assert_eq!(refusals.unwrap_or(0), 0);
+    drop(buf);
+    assert_nothing_live(&pool.snapshot());
+}
+
+#[cfg(feature = "axum")]
+mod axum_responses {
+    use axum_core::response::IntoResponse;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn text(response: axum_core::response::Response) -> String {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn refusals_answer_with_status_retry_after_and_a_reason() {
+        let pool = BufferPool::default();
+        let tenant = pool.tenant("secret-tenant-id");
+        tenant.set_hard_limit(Some(MIB as u64));
+        let held = tenant.acquire(MIB);
+        let err = tenant
+            .collect_body(Full::new(Bytes::from_static(b"private payload")), MIB)
+            .await
+            .unwrap_err();
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
+        assert_eq!(
+            response.headers()[http::header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+        let reason = text(response).await;
+        assert_eq!(
+            reason,
+            "the tenant's memory limit is reached: retry later\n"
+        );
+        drop(held);
+
+        // Never fits: 413, no Retry-After.
+        let err = tenant
+            .collect_body(Full::new(pattern(2 * MIB)), 16 * MIB)
+            .await
+            .unwrap_err();
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(response.headers().get(http::header::RETRY_AFTER).is_none());
+        assert_eq!(
+            text(response).await,
+            "request larger than the tenant's memory limit\n"
+        );
+
+        // The plain PoolError answers the same way.
+        let response = PoolError::PoolLimit {
+            requested: 1,
+            live: 100,
+            limit: 100,
+            needed: 1,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
+    }
+
+    #[tokio::test]
+    async fn body_errors_and_max_answer_400_and_413() {
+        let broken = CollectError::Body(std::io::Error::other("secret detail"));
+        let response = broken.into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(response.headers().get(http::header::RETRY_AFTER).is_none());
+        assert_eq!(text(response).await, "broken request body\n");
+
+        let large = CollectError::<Infallible>::TooLarge {
+            max: 1024,
+            at_least: 4096,
+        };
+        let response = large.into_response();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            text(response).await,
+            "request body too large: at most 1024 bytes\n"
+        );
+    }
+}
+
+/// The same over real HTTP: an axum server on loopback, hyper's client.
+#[cfg(feature = "axum")]
+mod over_http {
+    use axum::body::Body as AxumBody;
+    use axum::extract::{Path, State};
+    use axum::routing::post;
+    use axum::Router;
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    use super::*;
+
+    async fn ingest(
+        State(pool): State<BufferPool>,
+        Path(tenant): Path<String>,
+        body: AxumBody,
+    ) -> Result<Bytes, CollectError<axum::Error>> {
+        let mut body = body;
+        match pool.tenant(&tenant).collect_body(&mut body, 16 * MIB).await {
+            Ok(buf) => Ok(buf.freeze()), // echoed back, from the pooled slab
+            Err(err) => {
+                // hyper closes a connection whose request body was left unread, and a
+                // client still sending would see the reset, not this answer: read the
+                // rest first (bounded in time).
+                let rest = async { while let Some(Ok(_)) = body.frame().await {} };
+                let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
+                Err(err)
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn content_length_is_one_acquire_and_chunked_grows() {
+        let pool = BufferPool::default();
+        pool.tenant("capped").set_hard_limit(Some(4 * MIB as u64));
+        let app = Router::new()
+            .route("/ingest/{tenant}", post(ingest))
+            .with_state(pool.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let url = |tenant: &str| format!("http://{addr}/ingest/{tenant}");
+
+        // Content-Length: hyper's body has an exact hint, so one Huge acquire.
+        let data = pattern(3 * MIB);
+        let request = http::Request::post(url("acme"))
+            .body(Full::new(data.clone()).boxed())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_same(
+            &response.into_body().collect().await.unwrap().to_bytes(),
+            &data,
+        );
+        let snap = pool.snapshot();
+        assert_eq!(snap.promotions_total, 0);
+        assert_eq!(snap.acquisitions_total(), 1);
+        assert_eq!(acquisitions(&snap, PoolClass::Huge), 1);
+
+        // Chunked (no Content-Length): grows, content exact.
+        let request = http::Request::post(url("acme"))
+            .body(chunked(&data, 64 * KIB).boxed())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_same(
+            &response.into_body().collect().await.unwrap().to_bytes(),
+            &data,
+        );
+        assert!(pool.snapshot().promotions_total > 0);
+
+        // 5 MiB never fits a 4 MiB hard limit: 413 before any of the body is collected.
+        let request = http::Request::post(url("capped"))
+            .body(Full::new(pattern(5 * MIB)).boxed())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(pool.snapshot().acquisitions_total(), 4); // none for the refused body
+
+        server.abort();
+        assert_nothing_live(&pool.snapshot());
+    }
+}
