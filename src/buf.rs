@@ -7,7 +7,7 @@ use std::io;
 use std::num::NonZeroU64;
 use std::ops::{Deref, DerefMut};
 
-use crate::inner::{AccountPtr, PoolRef, Purpose};
+use crate::inner::{AccountPtr, Charged, PoolRef, Purpose};
 use crate::{PoolClass, PoolError};
 
 /// A byte buffer on loan from a [`BufferPool`](crate::BufferPool): write into it, read it
@@ -70,20 +70,54 @@ impl PooledBuf {
         tenant: Option<AccountPtr>,
         requested: usize,
     ) -> Result<PooledBuf, PoolError> {
+        let (class, capacity) = Self::sized(&pool, requested)?;
+        let (slab, charged) = pool.obtain(tenant, class, capacity)?;
+        Ok(Self::assemble(pool, tenant, class, slab, charged))
+    }
+
+    /// [`Self::try_new`], waiting for room while a limit refuses and waiting can help.
+    pub(crate) async fn new_wait(
+        pool: PoolRef,
+        tenant: Option<AccountPtr>,
+        requested: usize,
+    ) -> Result<PooledBuf, PoolError> {
+        let (class, capacity) = Self::sized(&pool, requested)?;
+        let (slab, charged) = match pool.obtain_fast(tenant, class, capacity) {
+            Some(slab) => (slab, Charged::FROM_STOCK),
+            None => pool.obtain_wait(tenant, class, capacity).await?,
+        };
+        Ok(Self::assemble(pool, tenant, class, slab, charged))
+    }
+
+    /// The class and capacity of a buffer for `requested` bytes, or `TooLarge`.
+    #[inline(always)]
+    fn sized(pool: &PoolRef, requested: usize) -> Result<(PoolClass, usize), PoolError> {
         let requested = pool.check_request(Some(requested))?;
         let class = PoolClass::for_size(requested);
         let capacity = match class {
             PoolClass::Oversize => requested,
             class => class.capacity(),
         };
-        let (slab, charged) = pool.obtain(tenant, class, capacity)?;
+        Ok((class, capacity))
+    }
+
+    /// The buffer around a slab just taken for a charge just made.
+    #[inline(always)]
+    fn assemble(
+        pool: PoolRef,
+        tenant: Option<AccountPtr>,
+        class: PoolClass,
+        slab: Vec<u8>,
+        charged: Charged,
+    ) -> PooledBuf {
         charged.count_soft(tenant);
+        let capacity = slab.capacity();
         let tracked = match &pool.leaks {
             None => None,
             // SAFETY: the buffer's charge, just made, keeps the account alive.
             Some(leaks) => leaks.sample(class, capacity, tenant.map(|a| unsafe { a.get() }.id())),
         };
-        Ok(PooledBuf {
+        PooledBuf {
             slab,
             class,
             charged: capacity as u64,
@@ -91,7 +125,7 @@ impl PooledBuf {
             tenant,
             pool,
             tracked,
-        })
+        }
     }
 
     /// The size class of the slab this buffer holds now (it changes when a write promotes it).
@@ -204,29 +238,106 @@ impl PooledBuf {
     /// ```
     #[inline]
     pub fn try_reserve(&mut self, additional: usize) -> Result<(), PoolError> {
+        match self.growth_needed(additional)? {
+            None => Ok(()),
+            Some(needed) => self.promote(needed),
+        }
+    }
+
+    /// Makes room for at least `additional` more bytes, waiting while a hard limit or
+    /// `max_live_bytes` refuses the growth and waiting can help: the waiting form of
+    /// [`try_reserve`](Self::try_reserve), for writers that would rather wait than fail (a
+    /// request body read straight into the buffer). Waiting follows the rules of
+    /// [`Tenant::acquire_wait`](crate::Tenant::acquire_wait); a growth step waits in line
+    /// like a new request. Dropping the future leaves the buffer and every figure as they
+    /// were.
+    ///
+    /// # Errors
+    ///
+    /// What [`try_reserve`](Self::try_reserve) returns when waiting cannot help:
+    /// `TooLarge`, a growth past a limit itself (`needed > limit`), `AllocFailed`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::BufferPool;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let pool = BufferPool::default();
+    /// let tenant = pool.tenant("acme");
+    /// tenant.set_hard_limit(Some(128 * 1024));
+    /// let mut frame = tenant.acquire(100);
+    /// let other = tenant.acquire(64 * 1024);
+    /// let growing = async {
+    ///     frame.reserve_wait(60_000).await?; // 4 KiB -> 64 KiB: waits for `other`
+    ///     frame.extend_from_slice(&[1; 60_000]);
+    ///     Ok::<_, axon_buffer::PoolError>(frame)
+    /// };
+    /// let release = async { drop(other) };
+    /// let (grown, ()) = tokio::join!(growing, release);
+    /// assert_eq!(grown?.len(), 60_000);
+    /// # Ok::<(), axon_buffer::PoolError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn reserve_wait(&mut self, additional: usize) -> Result<(), PoolError> {
+        let Some(needed) = self.growth_needed(additional)? else {
+            return Ok(());
+        };
+        let (class, capacity, extra) = self.growth(needed);
+        let charged = self
+            .pool
+            .charge_wait(self.tenant, extra, Purpose::Growth, capacity as u64)
+            .await?;
+        self.grow(class, capacity, extra, charged)
+    }
+
+    /// The bytes the buffer must hold for `additional` more, if it must grow (`None`: it
+    /// has room), or `TooLarge`.
+    #[inline]
+    fn growth_needed(&self, additional: usize) -> Result<Option<usize>, PoolError> {
         let needed = self.len().checked_add(additional);
         if let Some(needed) = needed {
             if needed <= self.capacity() && needed <= self.pool.config.max_request_bytes {
-                return Ok(());
+                return Ok(None);
             }
         }
-        let needed = self.pool.check_request(needed)?;
-        self.promote(needed)
+        self.pool.check_request(needed).map(Some)
     }
 
     /// Moves the buffer to a slab that holds `needed` bytes, charging the difference first.
     fn promote(&mut self, needed: usize) -> Result<(), PoolError> {
+        let (class, capacity, extra) = self.growth(needed);
+        let charged = self
+            .pool
+            .charge(self.tenant, extra, Purpose::Growth)
+            .map_err(|err| err.for_growth(capacity as u64))?;
+        self.grow(class, capacity, extra, charged)
+    }
+
+    /// The class, capacity and extra charge of a buffer grown to hold `needed` bytes.
+    fn growth(&self, needed: usize) -> (PoolClass, usize, u64) {
         let class = PoolClass::for_size(needed);
         let capacity = match class {
             PoolClass::Oversize => self.oversize_capacity(needed),
             class => class.capacity(),
         };
-        let extra = (capacity as u64).saturating_sub(self.charged);
+        (
+            class,
+            capacity,
+            (capacity as u64).saturating_sub(self.charged),
+        )
+    }
+
+    /// Moves the buffer to its new slab, `extra` bytes already charged for it; gives the
+    /// charge back if the allocator refuses.
+    fn grow(
+        &mut self,
+        class: PoolClass,
+        capacity: usize,
+        extra: u64,
+        charged: Charged,
+    ) -> Result<(), PoolError> {
         let exposed = self.exposed();
-        let charged = self
-            .pool
-            .charge(self.tenant, extra, Purpose::Growth)
-            .map_err(|err| err.for_growth(capacity as u64))?;
         let grown = if class == PoolClass::Oversize && self.class == PoolClass::Oversize {
             self.pool.grow_oversize(&mut self.slab, capacity)
         } else {

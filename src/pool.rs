@@ -153,6 +153,33 @@ impl BufferPool {
         PooledBuf::try_new(self.inner.clone(), None, requested)
     }
 
+    /// A buffer of at least `requested` bytes charged to no tenant, waiting for room while
+    /// `max_live_bytes` refuses and waiting can help; the rules are those of
+    /// [`Tenant::acquire_wait`]. Without `max_live_bytes`, nothing refuses a buffer but
+    /// `TooLarge` and the allocator, and this never waits.
+    ///
+    /// # Errors
+    ///
+    /// At once: [`PoolError::TooLarge`], a request above `max_live_bytes` itself,
+    /// [`PoolError::AllocFailed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::BufferPool;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let pool = BufferPool::builder().max_live_bytes(1 << 20).build();
+    /// let held = pool.acquire(1 << 20);
+    /// let (buf, ()) = tokio::join!(pool.acquire_wait(100), async { drop(held) });
+    /// assert_eq!(buf?.capacity(), 4096);
+    /// # Ok::<(), axon_buffer::PoolError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn acquire_wait(&self, requested: usize) -> Result<PooledBuf, PoolError> {
+        PooledBuf::new_wait(self.inner.clone(), None, requested).await
+    }
+
     /// The handle of tenant `id`, registering it on first use.
     ///
     /// Ids longer than [`MAX_TENANT_ID_LEN`](crate::MAX_TENANT_ID_LEN), and new ids once
@@ -260,6 +287,26 @@ impl BufferPoolBuilder {
     /// Soft limit for tenants that have none set by hand. Default 256 MiB.
     pub fn default_tenant_soft_limit(mut self, bytes: u64) -> Self {
         self.config.default_tenant_soft_limit = bytes;
+        self
+    }
+
+    /// Hard limit for tenants that have none set by hand. Default: none. With one, a
+    /// handler that forgets to set a limit still cannot let one tenant take the pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::{BufferPool, PoolError};
+    ///
+    /// let pool = BufferPool::builder().default_tenant_hard_limit(Some(64 << 10)).build();
+    /// let tenant = pool.tenant("acme");
+    /// assert_eq!(tenant.hard_limit(), Some(64 << 10));
+    /// let err = tenant.try_acquire(1 << 20).unwrap_err();
+    /// assert!(matches!(err, PoolError::TenantHardLimit { .. }));
+    /// assert!(!err.waiting_helps()); // 1 MiB never fits 64 KiB: answer 413, not 429
+    /// ```
+    pub fn default_tenant_hard_limit(mut self, bytes: Option<u64>) -> Self {
+        self.config.default_tenant_hard_limit = bytes;
         self
     }
 

@@ -1,6 +1,7 @@
 //! [`BufferPoolSnapshot`]: every figure of a pool at one moment.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::PoolClass;
 
@@ -69,6 +70,17 @@ pub struct BufferPoolSnapshot {
     pub outstanding_buffers: HashMap<PoolClass, u64>,
     /// Buffers outstanding per tracked tenant.
     pub tenant_outstanding_buffers: HashMap<String, u64>,
+    /// Hard limit per tracked tenant that has one.
+    pub tenant_hard_limit_bytes: HashMap<String, u64>,
+    /// Requests waiting for room now (`acquire_wait`, `reserve_wait`, `reserve_wait` of a
+    /// growing buffer), tenanted or not.
+    pub waiters: u64,
+    /// Time requests have spent waiting for room, in all, tenanted or not.
+    pub wait_time_total: Duration,
+    /// Requests waiting for room now, per tracked tenant.
+    pub tenant_waiters: HashMap<String, u64>,
+    /// Time each tracked tenant's requests have spent waiting for room, in all.
+    pub tenant_wait_time_total: HashMap<String, Duration>,
 }
 
 impl BufferPoolSnapshot {
@@ -91,6 +103,11 @@ impl BufferPoolSnapshot {
             promotions_total: 0,
             outstanding_buffers: HashMap::new(),
             tenant_outstanding_buffers: HashMap::new(),
+            tenant_hard_limit_bytes: HashMap::new(),
+            waiters: 0,
+            wait_time_total: Duration::ZERO,
+            tenant_waiters: HashMap::new(),
+            tenant_wait_time_total: HashMap::new(),
         }
     }
 

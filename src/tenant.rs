@@ -91,6 +91,97 @@ impl Tenant {
         PooledBuf::try_new(self.pool.clone(), Some(self.ptr()), requested)
     }
 
+    /// A buffer of at least `requested` bytes charged to this tenant, waiting for room while
+    /// its hard limit (or the pool's `max_live_bytes`) refuses and waiting can help.
+    ///
+    /// Waiters of one tenant are served in arrival order. Head-of-line rule: the tenant's
+    /// first waiter is served first, and the ones behind it wait even if they would fit,
+    /// so a large request is never starved by a stream of small ones; the price is that a
+    /// waiter that does not fit yet holds up smaller ones of its tenant. While a tenant has
+    /// waiters, the room its buffers free goes to them: its `try_*` acquires and
+    /// reservations are refused meanwhile (buffers it already holds may still grow).
+    /// Waiters for the pool's `max_live_bytes` are served the same way across tenants.
+    ///
+    /// Every drop of the tenant's buffers, every limit change ([`set_hard_limit`]) and
+    /// every stock a thread gives back wakes the waiter whose request now fits; no wakeup
+    /// is lost. The future uses only `std` wakers, so it runs on any executor (tokio,
+    /// `futures::executor`, smol), and composes with `tokio::time::timeout`: dropped at any
+    /// point, it has charged nothing and its turn goes to the next waiter.
+    ///
+    /// With nobody waiting, the cost is that of [`acquire`](Self::acquire).
+    ///
+    /// # Errors
+    ///
+    /// At once, for what waiting cannot fix: [`PoolError::TooLarge`], a request larger than
+    /// the hard limit or `max_live_bytes` itself ([`PoolError::waiting_helps`] is false),
+    /// and [`PoolError::AllocFailed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::{BufferPool, PoolError};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let pool = BufferPool::default();
+    /// let tenant = pool.tenant("acme");
+    /// tenant.set_hard_limit(Some(64 * 1024));
+    /// let held = tenant.acquire(64 * 1024);
+    ///
+    /// // Full: this waits until `held` drops.
+    /// let waiting = tenant.acquire_wait(4096);
+    /// let release = async { drop(held) };
+    /// let (buf, ()) = tokio::join!(waiting, release);
+    /// assert_eq!(buf?.capacity(), 4096);
+    ///
+    /// // Never fits: refused at once.
+    /// let err = tenant.acquire_wait(1 << 20).await.unwrap_err();
+    /// assert!(!err.waiting_helps());
+    /// # Ok::<(), PoolError>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// [`set_hard_limit`]: Self::set_hard_limit
+    pub async fn acquire_wait(&self, requested: usize) -> Result<PooledBuf, PoolError> {
+        PooledBuf::new_wait(self.pool.clone(), Some(self.ptr()), requested).await
+    }
+
+    /// Charges `bytes` without allocating, waiting for room as
+    /// [`acquire_wait`](Self::acquire_wait) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire_wait`](Self::acquire_wait), and [`PoolError::TooLarge`] when a byte
+    /// counter would overflow.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::BufferPool;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let pool = BufferPool::default();
+    /// let tenant = pool.tenant("acme");
+    /// tenant.set_hard_limit(Some(1000));
+    /// let first = tenant.reserve_wait(600).await?;
+    /// let (second, ()) = tokio::join!(tenant.reserve_wait(600), async { drop(first) });
+    /// assert_eq!(second?.bytes(), 600);
+    /// # Ok::<(), axon_buffer::PoolError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn reserve_wait(&self, bytes: u64) -> Result<Reservation, PoolError> {
+        let charged = self
+            .pool
+            .charge_wait(Some(self.ptr()), bytes, Purpose::Reservation, bytes)
+            .await?;
+        charged.count_soft(Some(self.ptr()));
+        self.account.holder_added();
+        Ok(Reservation {
+            bytes,
+            account: Arc::clone(&self.account),
+            pool: self.pool.clone(),
+        })
+    }
+
     /// Charges `bytes` to the tenant (and the pool's live bytes) without allocating, until
     /// the returned [`Reservation`] drops: the RAII form of the seed's
     /// `record_tenant_allocation` / `record_tenant_release`.

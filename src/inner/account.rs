@@ -42,6 +42,7 @@ pub(crate) struct TenantAccount {
     /// Whether a hard limit is set (so `Some(u64::MAX)` reads back as itself).
     hard_limit_set: AtomicBool,
     default_soft_limit: u64,
+    default_hard_limit: Option<u64>,
     pub(crate) soft_exceeded: AtomicU64,
     pub(crate) hard_refusals: AtomicU64,
     /// Outstanding buffers counted here (wrapping): the rest are in the stock slots of the
@@ -53,25 +54,33 @@ pub(crate) struct TenantAccount {
     holders: AtomicUsize,
     /// Whether the account sits in the registry's queue of departed accounts.
     pub(crate) queued: AtomicBool,
+    /// Requests of this tenant waiting for room now (`Tenant::acquire_wait`, ...).
+    pub(crate) waiters: AtomicUsize,
+    /// Time its requests have spent waiting, in all, in nanoseconds.
+    pub(crate) wait_nanos: AtomicU64,
 }
 
 impl TenantAccount {
-    pub(crate) fn new(id: &str, soft_limit: u64, overflow: bool) -> Self {
+    pub(crate) fn new(id: &str, soft_limit: u64, hard_limit: Option<u64>, overflow: bool) -> Self {
+        let hard = hard_limit.unwrap_or(u64::MAX);
         TenantAccount {
             id: id.into(),
             overflow,
             usage: AtomicU64::new(0),
-            ceiling: AtomicU64::new(soft_limit),
+            ceiling: AtomicU64::new(soft_limit.min(hard)),
             soft_limit: AtomicU64::new(soft_limit),
-            hard_limit: AtomicU64::new(u64::MAX),
-            hard_limit_set: AtomicBool::new(false),
+            hard_limit: AtomicU64::new(hard),
+            hard_limit_set: AtomicBool::new(hard_limit.is_some()),
             default_soft_limit: soft_limit,
+            default_hard_limit: hard_limit,
             soft_exceeded: AtomicU64::new(0),
             hard_refusals: AtomicU64::new(0),
             buffers: AtomicU64::new(0),
             stock_slots: AtomicUsize::new(0),
             holders: AtomicUsize::new(0),
             queued: AtomicBool::new(false),
+            waiters: AtomicUsize::new(0),
+            wait_nanos: AtomicU64::new(0),
         }
     }
 
@@ -104,8 +113,17 @@ impl TenantAccount {
         self.soft_limit.store(soft, Relaxed);
         self.hard_limit.store(hard.unwrap_or(u64::MAX), Relaxed);
         self.hard_limit_set.store(hard.is_some(), Relaxed);
-        self.ceiling
-            .store(soft.min(hard.unwrap_or(u64::MAX)), Relaxed);
+        self.restore_ceiling();
+    }
+
+    /// Sets the ceiling from the limits: 0 while the tenant has waiters (no stock may be
+    /// spent or kept for it then). The caller holds the ledger's lock.
+    pub(crate) fn restore_ceiling(&self) {
+        let ceiling = match self.waiters.load(Relaxed) {
+            0 => self.soft_limit().min(self.hard_bound()),
+            _ => 0,
+        };
+        self.ceiling.store(ceiling, Relaxed);
     }
 
     pub(crate) fn holder_added(&self) {
@@ -123,7 +141,7 @@ impl TenantAccount {
 
     /// Nothing an operator set would be lost by dropping this account.
     pub(crate) fn has_default_limits(&self) -> bool {
-        self.soft_limit() == self.default_soft_limit && self.hard_limit().is_none()
+        self.soft_limit() == self.default_soft_limit && self.hard_limit() == self.default_hard_limit
     }
 }
 
@@ -146,6 +164,22 @@ impl AccountPtr {
 
     pub(crate) fn as_ptr(self) -> *mut TenantAccount {
         self.0.as_ptr()
+    }
+
+    /// A counted handle of the account (accounts are always allocated in an `Arc`).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds a charge on the account (or a bound stock slot).
+    pub(crate) unsafe fn to_arc(self) -> Arc<TenantAccount> {
+        let ptr = self.0.as_ptr().cast_const();
+        // SAFETY: `AccountPtr::new` took the pointer from a live `Arc<TenantAccount>`, and
+        // the caller's charge keeps that allocation alive, so its count is at least 1:
+        // adding one and taking it over as a new `Arc` is what `Arc::clone` does.
+        unsafe {
+            Arc::increment_strong_count(ptr);
+            Arc::from_raw(ptr)
+        }
     }
 
     /// The account.

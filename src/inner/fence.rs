@@ -22,7 +22,7 @@
 //! a failed call makes [`heavy`] return `false`, and the caller leaves the other thread's
 //! cache alone.
 
-#[cfg(all(target_os = "linux", not(miri), not(loom)))]
+#[cfg(all(target_os = "linux", not(miri), not(axon_loom)))]
 mod imp {
     use std::sync::atomic::Ordering::Relaxed;
     use std::sync::atomic::{compiler_fence, fence, AtomicU8, Ordering::SeqCst};
@@ -102,17 +102,17 @@ mod imp {
         }
     }
 
-    #[cfg(all(test, not(loom)))]
+    #[cfg(all(test, not(axon_loom)))]
     pub(crate) fn is_asymmetric() -> bool {
         init() == ASYMMETRIC
     }
 }
 
-#[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
+#[cfg(not(all(target_os = "linux", not(miri), not(axon_loom))))]
 mod imp {
-    #[cfg(loom)]
+    #[cfg(axon_loom)]
     use loom::sync::atomic::{fence, Ordering::SeqCst};
-    #[cfg(not(loom))]
+    #[cfg(not(axon_loom))]
     use std::sync::atomic::{fence, Ordering::SeqCst};
 
     pub(crate) fn init() -> u8 {
@@ -129,7 +129,7 @@ mod imp {
         true
     }
 
-    #[cfg(all(test, not(loom)))]
+    #[cfg(all(test, not(axon_loom)))]
     pub(crate) fn is_asymmetric() -> bool {
         false
     }
@@ -154,7 +154,7 @@ pub(crate) fn heavy() -> bool {
     imp::heavy()
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(axon_loom)))]
 mod tests {
     #[test]
     fn heavy_succeeds_here() {

@@ -32,10 +32,14 @@
 //! tenant has no stock (the charge that crossed took it back), so its usage is its live
 //! bytes and every charge counts soft-limit excesses exactly, as the seed did.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
+
+mod wait;
+pub(crate) use wait::ChargeWait;
+use wait::Queue;
 
 use super::account::{AccountPtr, TenantAccount};
 use super::magazine::{Exclusive, Frozen, Magazine, Slot};
@@ -111,8 +115,13 @@ pub(crate) struct Ledger {
     reserved: AtomicU64,
     /// `max_live_bytes`, or `u64::MAX` for none.
     limit: u64,
-    /// Held by every slow charge, stock take-back and limit change.
-    lock: Mutex<()>,
+    /// Held by every slow charge, stock take-back, limit change and pass over the waiters;
+    /// guards the waiters' queue.
+    lock: Mutex<Queue>,
+    /// Waiters queued and not yet served (`wait.rs`).
+    waiting: AtomicUsize,
+    /// Time every waiter, tenanted or not, spent waiting, in nanoseconds.
+    wait_nanos: AtomicU64,
     pub(crate) too_large: AtomicU64,
     pub(crate) pool_limit_refusals: AtomicU64,
 }
@@ -127,7 +136,9 @@ impl Ledger {
             pool_waits: AtomicBool::new(false),
             reserved: AtomicU64::new(0),
             limit: max_live_bytes.unwrap_or(u64::MAX),
-            lock: Mutex::new(()),
+            lock: Mutex::new(Queue::default()),
+            waiting: AtomicUsize::new(0),
+            wait_nanos: AtomicU64::new(0),
             too_large: AtomicU64::new(0),
             pool_limit_refusals: AtomicU64::new(0),
         }
@@ -135,7 +146,7 @@ impl Ledger {
 
     /// The ledger's lock, for the slow paths of other layers that must not interleave
     /// with a charge (a thread exit giving its stocks back).
-    pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Queue> {
         self.lock.lock()
     }
 
@@ -173,14 +184,16 @@ impl Ledger {
         true
     }
 
-    /// The slow path: charges `bytes` (and `buffers` buffers) to `tenant` and the pool, all
-    /// or nothing, within both limits; refills this thread's stocks when `mag` is its
-    /// magazine. Whether the charge passed the soft limit is decided here, exactly, and
-    /// counted by the caller once its whole operation has succeeded.
+    /// The slow path: charges `bytes` to `tenant` and the pool, all or nothing, within
+    /// both limits; refills this thread's stocks when `mag` is its magazine. Whether the
+    /// charge passed the soft limit is decided here, exactly, and counted by the caller
+    /// once its whole operation has succeeded. While waiters are queued for the tenant or
+    /// the pool, a new buffer or reservation is refused: the room is theirs first
+    /// (`wait.rs`).
     ///
     /// # Errors
     ///
-    /// `TenantHardLimit`, `PoolLimit`, or `TooLarge` when a sum would pass 2^63 - 1.
+    /// `TenantHardLimit`, `PoolLimit`, or `TooLarge` when a sum would pass its bound.
     pub(crate) fn charge(
         &self,
         magazines: &Magazines,
@@ -197,27 +210,48 @@ impl Ledger {
                 }
             }
         }
-        let _ledger = self.lock.lock();
+        let _queue = self.lock.lock();
         // SAFETY: the caller holds a handle or a buffer of the account for the whole call.
         let account = tenant.map(|a| unsafe { a.get() });
+        let committed = match self.queued_ahead(account, bytes, purpose) {
+            Some(err) => Err(err),
+            None => self.commit(magazines, account, bytes, purpose, mag.is_some()),
+        };
+        let (charged, pool_grant, tenant_grant) = committed.inspect_err(|err| {
+            self.count_refusal(err, account);
+        })?;
+        self.deposit(mag, tenant, pool_grant, tenant_grant, buffers);
+        Ok(charged)
+    }
+
+    /// With the lock held: checks `bytes` against both limits (taking every thread's stock
+    /// back before refusing), commits them, and decides the soft limit. With `stock`, also
+    /// grants this thread stock beyond the request; returns the grants (pool, tenant), for
+    /// [`Self::deposit`] to put in the magazine or give back.
+    fn commit(
+        &self,
+        magazines: &Magazines,
+        account: Option<&TenantAccount>,
+        bytes: u64,
+        purpose: Purpose,
+        stock: bool,
+    ) -> Result<(Charged, u64, u64), PoolError> {
         if let Err(err) = self.check(account, bytes, purpose) {
             // Stocks may hide room: take every thread's back, then decide for good. (Only
             // the bound on reservations alone counts no stock.)
             if !matches!(err, PoolError::TooLarge { max: MAX_LIVE, .. }) {
                 self.take_back(magazines, true, account);
             }
-            if let Err(err) = self.check(account, bytes, purpose) {
-                self.count_refusal(&err, account);
-                return Err(err);
-            }
+            self.check(account, bytes, purpose)?;
         }
         if purpose == Purpose::Reservation {
             self.reserved.fetch_add(bytes, Relaxed);
         }
         let pool_used = self.usage.load(Relaxed);
-        let pool_grant = match mag {
-            Some(_) => BATCH.min(self.limit - pool_used - bytes),
-            None => 0,
+        // No stock is granted while anyone waits for the pool: it would hide their room.
+        let pool_grant = match stock && !self.pool_waits.load(Relaxed) {
+            true => BATCH.min(self.limit - pool_used - bytes),
+            false => 0,
         };
         self.usage.fetch_add(bytes + pool_grant, Relaxed);
         let mut tenant_grant = 0;
@@ -226,7 +260,7 @@ impl Ledger {
             let used = acc.usage.load(Relaxed);
             let after = used + bytes;
             let ceiling = acc.ceiling.load(Relaxed);
-            if mag.is_some() && after < ceiling {
+            if stock && after < ceiling {
                 tenant_grant = BATCH.min(ceiling - after);
             }
             acc.usage.fetch_add(bytes + tenant_grant, Relaxed);
@@ -239,8 +273,7 @@ impl Ledger {
                 over_soft = acc.usage.load(Relaxed) > acc.soft_limit();
             }
         }
-        self.deposit(mag, tenant, pool_grant, tenant_grant, buffers);
-        Ok(Charged { over_soft })
+        Ok((Charged { over_soft }, pool_grant, tenant_grant))
     }
 
     /// Whether `bytes` more fit the tenant's hard limit and the pool's limit, as usage
@@ -394,43 +427,48 @@ impl Ledger {
     /// The slow path: what fits goes into this thread's stocks (an overfull stock keeps a
     /// batch and gives the rest back), the rest straight to the usage words, as on a thread
     /// without a magazine. Takes no lock. The account's usage is the last of the account
-    /// this touches (account.rs).
+    /// this touches (account.rs). Returns whether anyone waits: the caller then runs
+    /// [`Ledger::serve`] once outside any section.
+    #[must_use = "a debit with waiters must be followed by `serve`"]
     pub(crate) fn debit(
         &self,
         mag: Option<Exclusive<'_>>,
         tenant: Option<AccountPtr>,
         bytes: u64,
         buffers: u64,
-    ) {
+    ) -> bool {
         let pool_waits = self.pool_waits.load(Relaxed);
         match mag {
             Some(mag) if !pool_waits => {
                 let (keep, excess) = kept(mag.pool_stock() + bytes);
                 mag.set_pool_stock(keep);
                 if excess > 0 {
-                    self.usage.fetch_sub(excess, Relaxed);
+                    self.usage.fetch_sub(excess, SeqCst);
                 }
             }
             _ => {
-                self.usage.fetch_sub(bytes, Relaxed);
+                self.usage.fetch_sub(bytes, SeqCst);
             }
         }
-        let Some(account) = tenant else { return };
+        let Some(account) = tenant else {
+            return self.anyone_waits();
+        };
         if let Some(slot) = mag.and_then(|m| m.find(account.as_ptr())) {
             let (keep, excess) = kept(slot.stock() + bytes);
             slot.set_stock(keep);
             slot.count_buffers(buffers.wrapping_neg());
             if excess > 0 {
                 // SAFETY: the slot stays bound, which keeps the account alive.
-                unsafe { account.get() }.usage.fetch_sub(excess, Relaxed);
+                unsafe { account.get() }.usage.fetch_sub(excess, SeqCst);
             }
-            return;
+            return self.anyone_waits();
         }
         // SAFETY: the caller's charge (these `bytes`) keeps the account alive until the
-        // `Release` below, its last access.
+        // decrement below (`SeqCst`, so also `Release`), its last access.
         let acc = unsafe { account.get() };
         acc.buffers.fetch_sub(buffers, Relaxed);
-        acc.usage.fetch_sub(bytes, Release);
+        acc.usage.fetch_sub(bytes, SeqCst);
+        self.anyone_waits()
     }
 
     // -------------------------------------------------------------------------------
@@ -476,14 +514,24 @@ impl Ledger {
         // of `stock_slots` below.
         let acc = unsafe { &*slot.account() };
         acc.buffers.fetch_add(slot.buffers(), Relaxed);
-        acc.usage.fetch_sub(slot.stock(), Release);
-        acc.stock_slots.fetch_sub(1, Release);
+        acc.usage.fetch_sub(slot.stock(), SeqCst);
+        acc.stock_slots.fetch_sub(1, SeqCst);
         slot.unbind();
     }
 
     // -------------------------------------------------------------------------------
     // Reservations, limits, figures
     // -------------------------------------------------------------------------------
+
+    /// Requests waiting for room now.
+    pub(crate) fn waiters(&self) -> u64 {
+        self.waiting.load(Relaxed) as u64
+    }
+
+    /// Time requests have spent waiting, in all.
+    pub(crate) fn wait_time_total(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.wait_nanos.load(Relaxed))
+    }
 
     /// A reservation ends (its bytes are debited separately).
     pub(crate) fn unreserve(&self, bytes: u64) {
@@ -510,10 +558,18 @@ impl Ledger {
         pool.min(tenant)
     }
 
-    /// Sets a tenant's limits under the ledger's lock.
-    pub(crate) fn set_limits(&self, account: &TenantAccount, soft: u64, hard: Option<u64>) {
-        let _ledger = self.lock.lock();
+    /// Sets a tenant's limits under the ledger's lock; waiters that fit the new limits are
+    /// served.
+    pub(crate) fn set_limits(
+        &self,
+        magazines: &Magazines,
+        account: &TenantAccount,
+        soft: u64,
+        hard: Option<u64>,
+    ) {
+        let mut queue = self.lock.lock();
         account.set_limits(soft, hard);
+        self.pass(&mut queue, magazines);
     }
 
     /// Live bytes of the pool: usage minus the stocks of `magazines` (exact when they are

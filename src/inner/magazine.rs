@@ -43,11 +43,11 @@
 
 use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-#[cfg(not(loom))]
+#[cfg(not(axon_loom))]
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
-#[cfg(loom)]
+#[cfg(axon_loom)]
 use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 
 use super::account::TenantAccount;
@@ -62,14 +62,14 @@ const MAX_ROUNDS: usize = 8;
 /// Tenants a magazine keeps a stock for at once (the kernel keeps 7 per CPU).
 pub(crate) const SLOTS: usize = 4;
 
-#[cfg(loom)]
+#[cfg(axon_loom)]
 use loom::cell::UnsafeCell;
 
 /// `std`'s `UnsafeCell` with loom's access API, so loom can check every access.
-#[cfg(not(loom))]
+#[cfg(not(axon_loom))]
 struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
 
-#[cfg(not(loom))]
+#[cfg(not(axon_loom))]
 impl<T> UnsafeCell<T> {
     fn new(value: T) -> Self {
         UnsafeCell(std::cell::UnsafeCell::new(value))
@@ -102,7 +102,7 @@ impl Stack {
     }
 
     /// The caller has the stack to itself (a section, a freeze, or `&mut`).
-    #[inline]
+    #[inline(always)]
     fn pop_exclusive(&self) -> Option<Vec<u8>> {
         let len = self.len.load(Relaxed);
         if len == 0 {
@@ -121,7 +121,7 @@ impl Stack {
 
     /// The caller has the stack to itself. Refuses (hands back) a slab when the first
     /// `upto` slots are full, or one that is not empty and of exactly the class's capacity.
-    #[inline]
+    #[inline(always)]
     fn push_exclusive(&self, upto: usize, slab: Vec<u8>) -> Result<(), Vec<u8>> {
         let len = self.len.load(Relaxed);
         if len >= upto.min(self.limit) || slab.capacity() != self.capacity || !slab.is_empty() {
@@ -462,7 +462,7 @@ impl<'a> Frozen<'a> {
                 // A section is a few dozen instructions, unless its thread was preempted.
                 spins += 1;
                 // (Under loom every turn yields: a busy loop would multiply its schedules.)
-                if spins < 64 && !cfg!(loom) {
+                if spins < 64 && !cfg!(axon_loom) {
                     std::hint::spin_loop();
                 } else {
                     yield_now();
@@ -486,12 +486,12 @@ impl Drop for Frozen<'_> {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(axon_loom))]
 fn yield_now() {
     std::thread::yield_now();
 }
 
-#[cfg(loom)]
+#[cfg(axon_loom)]
 fn yield_now() {
     loom::thread::yield_now();
 }

@@ -1,7 +1,7 @@
 //! Unit tests of the magazine (run natively and under Miri) and the loom models of its
-//! section/freeze protocol and stock protocol (`RUSTFLAGS="--cfg loom"`, `.ci/run loom`).
+//! section/freeze protocol and stock protocol (`RUSTFLAGS="--cfg axon_loom"`, `.ci/run loom`).
 
-#[cfg(not(loom))]
+#[cfg(not(axon_loom))]
 mod unit {
     use super::super::*;
 
@@ -53,7 +53,7 @@ mod unit {
     fn slots_bind_find_and_pick_victims() {
         let mag = Magazine::new();
         let accounts: Vec<_> = (0..SLOTS + 1)
-            .map(|i| Box::new(TenantAccount::new(&i.to_string(), 0, false)))
+            .map(|i| Box::new(TenantAccount::new(&i.to_string(), 0, None, false)))
             .collect();
         let ptr = |i: usize| &*accounts[i] as *const TenantAccount as *mut TenantAccount;
         let section = mag.enter().unwrap();
@@ -105,7 +105,7 @@ mod unit {
     }
 }
 
-#[cfg(loom)]
+#[cfg(axon_loom)]
 mod loom_tests {
     use super::super::*;
     use loom::sync::Arc;

@@ -50,6 +50,7 @@ use std::ops::Deref;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -61,7 +62,7 @@ use account::TenantAccount;
 use depot::Depot;
 pub(crate) use ledger::Charged;
 use ledger::Ledger;
-pub(crate) use ledger::Purpose;
+pub(crate) use ledger::{ChargeWait, Purpose};
 use magazine::{Frozen, Magazine};
 use registry::Registry;
 
@@ -87,6 +88,7 @@ pub(crate) fn init_global(config: Config) -> bool {
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) default_tenant_soft_limit: u64,
+    pub(crate) default_tenant_hard_limit: Option<u64>,
     pub(crate) max_idle_per_class: usize,
     pub(crate) max_idle_bytes: u64,
     pub(crate) max_tenants: usize,
@@ -102,6 +104,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             default_tenant_soft_limit: 256 * 1024 * 1024,
+            default_tenant_hard_limit: None,
             max_idle_per_class: 64,
             max_idle_bytes: 256 * 1024 * 1024,
             max_tenants: 10_000,
@@ -192,17 +195,30 @@ impl PoolRef {
         class: PoolClass,
         capacity: usize,
     ) -> Result<(Vec<u8>, Charged), PoolError> {
-        let k = class.index();
-        if let (true, Some(mag)) = (class != PoolClass::Oversize, self.magazine()) {
-            if let Some(section) = mag.enter() {
-                if section.len(k) > 0 && Ledger::charge_fast(*section, tenant, capacity as u64, 1) {
-                    if let Some(slab) = self.depot.take_fast(*section, k) {
-                        return Ok((slab, Charged::FROM_STOCK));
-                    }
-                }
-            }
+        match self.obtain_fast(tenant, class, capacity) {
+            Some(slab) => Ok((slab, Charged::FROM_STOCK)),
+            None => self.obtain_slow(tenant, class, capacity),
         }
-        self.obtain_slow(tenant, class, capacity)
+    }
+
+    /// The fast path: one section of this thread's magazine, the charge from its stocks and
+    /// a slab from its stack. `None` changes nothing.
+    #[inline(always)]
+    pub(crate) fn obtain_fast(
+        &self,
+        tenant: Option<AccountPtr>,
+        class: PoolClass,
+        capacity: usize,
+    ) -> Option<Vec<u8>> {
+        let k = class.index();
+        if class == PoolClass::Oversize {
+            return None;
+        }
+        let section = self.magazine()?.enter()?;
+        if section.len(k) > 0 && Ledger::charge_fast(*section, tenant, capacity as u64, 1) {
+            return self.depot.take_fast(*section, k);
+        }
+        None
     }
 
     #[inline(never)]
@@ -212,15 +228,46 @@ impl PoolRef {
         class: PoolClass,
         capacity: usize,
     ) -> Result<(Vec<u8>, Charged), PoolError> {
-        let bytes = capacity as u64;
         let mag = self.magazine_or_register();
+        let charged = self.ledger.charge(
+            &self.magazines,
+            mag,
+            tenant,
+            capacity as u64,
+            Purpose::Buffer,
+        )?;
+        self.take_charged(tenant, class, capacity, charged)
+    }
+
+    /// [`Self::obtain`], waiting for room while a limit refuses and waiting can help (the
+    /// rules are in `ledger/wait.rs`). Cancellation-safe: dropped anywhere, it has charged
+    /// nothing.
+    pub(crate) async fn obtain_wait(
+        &self,
+        tenant: Option<AccountPtr>,
+        class: PoolClass,
+        capacity: usize,
+    ) -> Result<(Vec<u8>, Charged), PoolError> {
+        let bytes = capacity as u64;
         let charged = self
-            .ledger
-            .charge(&self.magazines, mag, tenant, bytes, Purpose::Buffer)?;
+            .charge_wait(tenant, bytes, Purpose::Buffer, bytes)
+            .await?;
+        self.take_charged(tenant, class, capacity, charged)
+    }
+
+    /// The slab for a charge just made: from the magazine or the list (a hit), or freshly
+    /// allocated; the charge is given back if the allocator refuses.
+    fn take_charged(
+        &self,
+        tenant: Option<AccountPtr>,
+        class: PoolClass,
+        capacity: usize,
+        charged: Charged,
+    ) -> Result<(Vec<u8>, Charged), PoolError> {
         let taken = match class {
             PoolClass::Oversize => None,
             class => {
-                let section = mag.and_then(Magazine::enter);
+                let section = self.magazine_or_register().and_then(Magazine::enter);
                 self.depot.take(section.as_deref().copied(), class.index())
             }
         };
@@ -229,7 +276,7 @@ impl PoolRef {
             None => match self.depot.allocate(class, capacity) {
                 Ok(slab) => Ok((slab, charged)),
                 Err(err) => {
-                    self.debit(tenant, bytes, Purpose::Buffer);
+                    self.debit(tenant, capacity as u64, Purpose::Buffer);
                     Err(err)
                 }
             },
@@ -286,10 +333,16 @@ impl PoolRef {
             slab.clear();
             slab.resize(exposed.min(slab.capacity()), 0);
         }
-        let section = self.magazine().and_then(Magazine::enter);
-        let mag = section.as_deref().copied();
-        self.ledger.debit(mag, tenant, charged, 1);
-        self.depot.give(mag, class, slab);
+        let wake = {
+            let section = self.magazine().and_then(Magazine::enter);
+            let mag = section.as_deref().copied();
+            let wake = self.ledger.debit(mag, tenant, charged, 1);
+            self.depot.give(mag, class, slab);
+            wake
+        };
+        if wake {
+            self.ledger.serve(&self.magazines);
+        }
     }
 
     /// Charges `bytes` more for a growth or a reservation, all or nothing.
@@ -304,13 +357,33 @@ impl PoolRef {
             .charge(&self.magazines, mag, tenant, bytes, purpose)
     }
 
+    /// Charges `bytes` more, waiting for room while a limit refuses and waiting can help.
+    /// `needed` is what the request holds in all (a growth step's whole new capacity).
+    pub(crate) fn charge_wait(
+        &self,
+        tenant: Option<AccountPtr>,
+        bytes: u64,
+        purpose: Purpose,
+        needed: u64,
+    ) -> ChargeWait<'_> {
+        // SAFETY: the caller holds a handle or a buffer of the account.
+        let account = tenant.map(|a| unsafe { a.to_arc() });
+        self.ledger
+            .charge_wait(&self.magazines, account, bytes, purpose, needed)
+    }
+
     /// Undoes a charge of [`Self::charge`] or [`Self::obtain`].
     pub(crate) fn debit(&self, tenant: Option<AccountPtr>, bytes: u64, purpose: Purpose) {
-        let section = self.magazine().and_then(Magazine::enter);
-        let mag = section.as_deref().copied();
-        self.ledger.debit(mag, tenant, bytes, purpose.buffers());
+        let wake = {
+            let section = self.magazine().and_then(Magazine::enter);
+            let mag = section.as_deref().copied();
+            self.ledger.debit(mag, tenant, bytes, purpose.buffers())
+        };
         if purpose == Purpose::Reservation {
             self.ledger.unreserve(bytes);
+        }
+        if wake {
+            self.ledger.serve(&self.magazines);
         }
     }
 
@@ -352,7 +425,11 @@ impl PoolInner {
             id: NEXT_POOL_ID.fetch_add(1, Relaxed),
             ledger: Ledger::new(config.max_live_bytes),
             depot: Depot::new(config.max_idle_per_class, config.max_idle_bytes),
-            registry: Registry::new(config.max_tenants, config.default_tenant_soft_limit),
+            registry: Registry::new(
+                config.max_tenants,
+                config.default_tenant_soft_limit,
+                config.default_tenant_hard_limit,
+            ),
             magazines: Mutex::new(Vec::new()),
             promotions: AtomicU64::new(0),
             leaks: (config.leak_sample_every > 0)
@@ -392,7 +469,7 @@ impl PoolInner {
     }
 
     pub(crate) fn set_limits(&self, account: &TenantAccount, soft: u64, hard: Option<u64>) {
-        self.ledger.set_limits(account, soft, hard);
+        self.ledger.set_limits(&self.magazines, account, soft, hard);
     }
 
     pub(crate) fn allocate_oversize(&self, bytes: usize) -> Result<Vec<u8>, PoolError> {
@@ -419,15 +496,20 @@ impl PoolInner {
     /// the lists with their units, its counters into the depot's; all under the magazine
     /// list's lock, so a snapshot sees each figure exactly once. Runs on the thread itself.
     fn retire(&self, magazine: &Arc<Magazine>) {
-        let _ledger = self.ledger.lock();
-        let mut list = self.magazines.lock();
-        list.retain(|other| !Arc::ptr_eq(other, magazine));
-        // No freezer holds the list lock meanwhile, so no `stealing` flag is set: the
-        // section is never refused (if it were, the slabs would be freed with the magazine).
-        if let Some(section) = magazine.enter() {
-            self.ledger.retire(*section);
-            self.depot.absorb(*section);
+        {
+            let _ledger = self.ledger.lock();
+            let mut list = self.magazines.lock();
+            list.retain(|other| !Arc::ptr_eq(other, magazine));
+            // No freezer holds the list lock meanwhile, so no `stealing` flag is set: the
+            // section is never refused (if it were, the slabs would be freed with the
+            // magazine).
+            if let Some(section) = magazine.enter() {
+                self.ledger.retire(*section);
+                self.depot.absorb(*section);
+            }
         }
+        // Its stocks went back to the usage words: room for waiters, maybe.
+        self.ledger.serve(&self.magazines);
     }
 
     /// Frees every idle slab, on the lists and in every thread's magazine; returns the
@@ -491,8 +573,19 @@ impl PoolInner {
             snap.hard_limit_refusals_total
                 .insert(id.clone(), acc.hard_refusals.load(Relaxed));
             snap.tenant_outstanding_buffers
-                .insert(id, Ledger::tenant_buffers(acc, mags()));
+                .insert(id.clone(), Ledger::tenant_buffers(acc, mags()));
+            snap.tenant_waiters
+                .insert(id.clone(), acc.waiters.load(Relaxed) as u64);
+            snap.tenant_wait_time_total.insert(
+                id.clone(),
+                Duration::from_nanos(acc.wait_nanos.load(Relaxed)),
+            );
+            if let Some(limit) = acc.hard_limit() {
+                snap.tenant_hard_limit_bytes.insert(id, limit);
+            }
         }
+        snap.waiters = self.ledger.waiters();
+        snap.wait_time_total = self.ledger.wait_time_total();
         drop(frozen);
         snap
     }

@@ -39,10 +39,15 @@ pub(crate) struct Registry {
     departed: Mutex<VecDeque<Arc<TenantAccount>>>,
     max_tenants: usize,
     default_soft_limit: u64,
+    default_hard_limit: Option<u64>,
 }
 
 impl Registry {
-    pub(crate) fn new(max_tenants: usize, default_soft_limit: u64) -> Self {
+    pub(crate) fn new(
+        max_tenants: usize,
+        default_soft_limit: u64,
+        default_hard_limit: Option<u64>,
+    ) -> Self {
         Registry {
             map: RwLock::new(Map {
                 accounts: HashMap::new(),
@@ -52,6 +57,7 @@ impl Registry {
             departed: Mutex::new(VecDeque::new()),
             max_tenants,
             default_soft_limit,
+            default_hard_limit,
         }
     }
 
@@ -78,7 +84,7 @@ impl Registry {
         if map.accounts.len() >= self.max_tenants && !self.make_room(&mut map) {
             return self.overflow(&mut map);
         }
-        let account = Arc::new(TenantAccount::new(id, self.default_soft_limit, false));
+        let account = Arc::new(self.account(id, false));
         map.accounts.insert(Arc::from(id), Arc::clone(&account));
         account
     }
@@ -147,11 +153,19 @@ impl Registry {
     }
 
     fn overflow(&self, map: &mut Map) -> Arc<TenantAccount> {
-        let default = self.default_soft_limit;
-        Arc::clone(
-            map.overflow.get_or_insert_with(|| {
-                Arc::new(TenantAccount::new(OVERFLOW_TENANT_ID, default, true))
-            }),
+        let overflow = map
+            .overflow
+            .get_or_insert_with(|| Arc::new(self.account(OVERFLOW_TENANT_ID, true)));
+        Arc::clone(overflow)
+    }
+
+    /// A new account with the pool's default limits.
+    fn account(&self, id: &str, overflow: bool) -> TenantAccount {
+        TenantAccount::new(
+            id,
+            self.default_soft_limit,
+            self.default_hard_limit,
+            overflow,
         )
     }
 

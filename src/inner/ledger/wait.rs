@@ -1,0 +1,599 @@
+//! Waiting for room instead of refusing: the queue of the async acquire, and the pass that
+//! serves it.
+//!
+//! # The rules
+//!
+//! - A request waits only while a limit refuses it and waiting can help
+//!   ([`PoolError::waiting_helps`]); one that can never fit fails at once.
+//! - Waiters are served in arrival order, per tenant: a tenant's first waiter is its *head*,
+//!   and the ones behind it wait even if they would fit (head-of-line: a large request is
+//!   never starved by a stream of small ones). Waiters for the pool's `max_live_bytes` are
+//!   served in arrival order across tenants the same way.
+//! - While a tenant (or the pool) has waiters, the room that frees up is theirs: a new
+//!   buffer or reservation of that tenant (of any tenant, for the pool) is refused by
+//!   `try_*` and queued by the `_wait` forms. A buffer that already exists may still grow.
+//! - Every debit that reaches a usage word, every limit change and every stock given back
+//!   runs a *pass* when anyone waits: in arrival order, each head whose request now fits
+//!   is charged, on its behalf, and woken.
+//!
+//! # No lost wakeup
+//!
+//! A waiter is queued and counted in `waiting`, then checks for room once more (the pass),
+//! all under the ledger's lock. A debit decrements a usage word, then loads `waiting`: both
+//! sides `SeqCst`, so either the debit sees the waiter and runs a pass, or the waiter's
+//! last check sees the debit (the tokio-uring#280 race: registering after the last check).
+//!
+//! # Cancellation
+//!
+//! Dropping the future anywhere charges nothing: a queued waiter leaves the queue, and one
+//! already charged on its behalf gives the charge back; either way a pass runs, so its turn
+//! goes to the next waiter.
+//!
+//! While a tenant has waiters its ceiling is 0 and its stocks have been taken back, so its
+//! usage is its live bytes, every debit reaches the word, and no stock hides room.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{fence, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use super::{Charged, Ledger, Magazines, Purpose};
+use crate::inner::account::TenantAccount;
+use crate::PoolError;
+
+/// The waiters, in arrival order. Guarded by the ledger's lock.
+#[derive(Debug, Default)]
+pub(crate) struct Queue {
+    waiters: VecDeque<Waiter>,
+    next_id: u64,
+    /// Scratch of a pass: the tenants whose head does not fit yet (account addresses).
+    blocked: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    account: Option<Arc<TenantAccount>>,
+    bytes: u64,
+    purpose: Purpose,
+    waker: Waker,
+    since: Instant,
+    /// Charged on the waiter's behalf; the future takes it on its next poll.
+    granted: Option<Charged>,
+}
+
+impl Waiter {
+    fn key(&self) -> usize {
+        self.account.as_ref().map_or(0, |a| Arc::as_ptr(a) as usize)
+    }
+}
+
+impl Ledger {
+    /// Whether queued waiters own the room this charge would take: a new buffer or
+    /// reservation of a tenant with waiters, or of anyone while the pool has waiters. The
+    /// caller holds the lock.
+    pub(super) fn queued_ahead(
+        &self,
+        account: Option<&TenantAccount>,
+        bytes: u64,
+        purpose: Purpose,
+    ) -> Option<PoolError> {
+        if purpose == Purpose::Growth {
+            return None;
+        }
+        if self.pool_waits.load(Relaxed) {
+            return Some(PoolError::PoolLimit {
+                requested: bytes,
+                live: self.usage.load(Relaxed),
+                limit: self.limit,
+                needed: bytes,
+            });
+        }
+        let acc = account.filter(|acc| acc.waiters.load(Relaxed) > 0)?;
+        Some(PoolError::TenantHardLimit {
+            tenant: acc.id().to_owned(),
+            requested: bytes,
+            live: acc.usage.load(Relaxed),
+            limit: acc.hard_bound(),
+            needed: bytes,
+        })
+    }
+
+    /// Whether anyone waits, read after a debit reached a usage word (`SeqCst`: see the
+    /// module docs). The caller then runs [`Ledger::serve`], outside any section.
+    pub(crate) fn anyone_waits(&self) -> bool {
+        self.waiting.load(SeqCst) > 0
+    }
+
+    /// Runs a pass, if anyone waits.
+    pub(crate) fn serve(&self, magazines: &Magazines) {
+        if self.anyone_waits() {
+            let mut queue = self.lock.lock();
+            self.pass(&mut queue, magazines);
+        }
+    }
+
+    /// Serves the queue in arrival order: each tenant's head (and, for the pool, the
+    /// first waiter it refuses and everyone behind it) is charged and woken if it fits.
+    pub(super) fn pass(&self, queue: &mut Queue, magazines: &Magazines) {
+        let Queue {
+            waiters, blocked, ..
+        } = queue;
+        blocked.clear();
+        let mut pool_blocked = false;
+        let mut took_back = false;
+        for w in waiters.iter_mut().filter(|w| w.granted.is_none()) {
+            let key = w.key();
+            if (key != 0 && blocked.contains(&key)) || pool_blocked {
+                if key != 0 {
+                    blocked.push(key);
+                }
+                continue;
+            }
+            let account = w.account.as_deref();
+            let mut fits = self.check(account, w.bytes, w.purpose);
+            if matches!(fits, Err(PoolError::PoolLimit { .. })) && !took_back {
+                // Idle threads' pool stocks may hold the room: take them back once.
+                self.take_back(magazines, true, None);
+                took_back = true;
+                fits = self.check(account, w.bytes, w.purpose);
+            }
+            match fits {
+                Ok(()) => {
+                    let charged = self.grant(account, w.bytes, w.purpose);
+                    w.granted = Some(charged);
+                    w.waker.wake_by_ref();
+                }
+                Err(err) => {
+                    pool_blocked |= matches!(err, PoolError::PoolLimit { .. });
+                    if key != 0 {
+                        blocked.push(key);
+                    }
+                }
+            }
+        }
+        if pool_blocked && !self.pool_waits.swap(true, Relaxed) {
+            // From now on no pool stock may hide room the waiters need.
+            self.take_back(magazines, true, None);
+        } else if !pool_blocked {
+            self.pool_waits.store(false, Relaxed);
+        }
+    }
+
+    /// Charges a served waiter's request, straight to the usage words, and takes it off the
+    /// waiting counts.
+    fn grant(&self, account: Option<&TenantAccount>, bytes: u64, purpose: Purpose) -> Charged {
+        self.usage.fetch_add(bytes, Relaxed);
+        if purpose == Purpose::Reservation {
+            self.reserved.fetch_add(bytes, Relaxed);
+        }
+        self.waiting.fetch_sub(1, SeqCst);
+        let Some(acc) = account else {
+            return Charged { over_soft: false };
+        };
+        acc.usage.fetch_add(bytes, Relaxed);
+        acc.buffers.fetch_add(purpose.buffers(), Relaxed);
+        if acc.waiters.fetch_sub(1, Relaxed) == 1 {
+            acc.restore_ceiling();
+        }
+        // The tenant has no stock while it has waiters: usage is its live bytes.
+        Charged {
+            over_soft: acc.usage.load(Relaxed) > acc.soft_limit(),
+        }
+    }
+
+    /// The first poll: charges at once if nobody is ahead and the limits allow; else queues
+    /// the request if waiting can help (`needed` is what the request holds in all: for a
+    /// growth step, the buffer's whole new capacity). Returns the charge or the waiter's id.
+    fn charge_or_queue(
+        &self,
+        magazines: &Magazines,
+        account: Option<&Arc<TenantAccount>>,
+        bytes: u64,
+        purpose: Purpose,
+        needed: u64,
+        waker: &Waker,
+    ) -> Result<Result<Charged, u64>, PoolError> {
+        let mut queue = self.lock.lock();
+        let acc = account.map(|a| &**a);
+        let refused = match self.queued_ahead(acc, bytes, purpose) {
+            Some(err) => err,
+            None => match self.commit(magazines, acc, bytes, purpose, false) {
+                Ok((charged, _, _)) => {
+                    if let Some(acc) = acc {
+                        acc.buffers.fetch_add(purpose.buffers(), Relaxed);
+                    }
+                    return Ok(Ok(charged));
+                }
+                Err(err) => err,
+            },
+        };
+        // A limit refusal names what the request holds in all; it waits if that fits the
+        // limits themselves, with nothing else live.
+        let mut refused = refused;
+        if let PoolError::TenantHardLimit { needed: n, .. }
+        | PoolError::PoolLimit { needed: n, .. } = &mut refused
+        {
+            *n = needed;
+        }
+        let hard = acc.map_or(u64::MAX, TenantAccount::hard_bound);
+        if !refused.waiting_helps() || needed > hard || needed > self.limit {
+            self.count_refusal(&refused, acc);
+            return Err(refused);
+        }
+        let id = queue.next_id;
+        queue.next_id += 1;
+        queue.waiters.push_back(Waiter {
+            id,
+            account: account.cloned(),
+            bytes,
+            purpose,
+            waker: waker.clone(),
+            since: Instant::now(),
+            granted: None,
+        });
+        self.waiting.fetch_add(1, SeqCst);
+        if let Some(acc) = acc {
+            if acc.waiters.fetch_add(1, Relaxed) == 0 {
+                // No stock may hide room from this tenant's waiters from now on.
+                acc.ceiling.store(0, Relaxed);
+                if acc.stock_slots.load(Relaxed) > 0 {
+                    self.take_back(magazines, false, Some(acc));
+                }
+            }
+        }
+        // The last check, registered: a debit from now on sees `waiting`. The fence orders
+        // the count before the loads of the usage words in the pass.
+        fence(SeqCst);
+        self.pass(&mut queue, magazines);
+        Ok(self.take_grant(&mut queue, id).ok_or(id))
+    }
+
+    /// A later poll: the waiter's charge if it was served (it leaves the queue), else its
+    /// waker is updated.
+    fn poll_queued(&self, id: u64, waker: &Waker) -> Option<Charged> {
+        let mut queue = self.lock.lock();
+        let granted = self.take_grant(&mut queue, id);
+        if granted.is_none() {
+            if let Some(w) = queue.waiters.iter_mut().find(|w| w.id == id) {
+                w.waker.clone_from(waker);
+            }
+        }
+        granted
+    }
+
+    /// Removes a served waiter and returns its charge, counting the time it waited.
+    fn take_grant(&self, queue: &mut Queue, id: u64) -> Option<Charged> {
+        let at = queue
+            .waiters
+            .iter()
+            .position(|w| w.id == id && w.granted.is_some())?;
+        let w = queue.waiters.remove(at)?;
+        self.count_wait(&w);
+        w.granted
+    }
+
+    /// Adds the time `w` waited to its tenant's figure and the pool's.
+    fn count_wait(&self, w: &Waiter) {
+        let nanos = u64::try_from(w.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.wait_nanos.fetch_add(nanos, Relaxed);
+        if let Some(acc) = &w.account {
+            acc.wait_nanos.fetch_add(nanos, Relaxed);
+        }
+    }
+
+    /// The future was dropped: nothing stays charged, and the turn goes on.
+    fn cancel(&self, magazines: &Magazines, id: u64) {
+        let mut queue = self.lock.lock();
+        let Some(at) = queue.waiters.iter().position(|w| w.id == id) else {
+            return;
+        };
+        let Some(w) = queue.waiters.remove(at) else {
+            return;
+        };
+        self.count_wait(&w);
+        let account = w.account.as_deref();
+        if w.granted.is_some() {
+            // Served but never taken: give the charge back.
+            self.usage.fetch_sub(w.bytes, SeqCst);
+            if w.purpose == Purpose::Reservation {
+                self.reserved.fetch_sub(w.bytes, Relaxed);
+            }
+            if let Some(acc) = account {
+                acc.buffers.fetch_sub(w.purpose.buffers(), Relaxed);
+                acc.usage.fetch_sub(w.bytes, SeqCst);
+            }
+        } else {
+            self.waiting.fetch_sub(1, SeqCst);
+            if let Some(acc) = account {
+                if acc.waiters.fetch_sub(1, Relaxed) == 1 {
+                    acc.restore_ceiling();
+                }
+            }
+        }
+        self.pass(&mut queue, magazines);
+    }
+
+    /// Charges `bytes` to `account` and the pool, waiting for room while a limit refuses
+    /// and waiting can help. See the module docs.
+    pub(crate) fn charge_wait<'a>(
+        &'a self,
+        magazines: &'a Magazines,
+        account: Option<Arc<TenantAccount>>,
+        bytes: u64,
+        purpose: Purpose,
+        needed: u64,
+    ) -> ChargeWait<'a> {
+        ChargeWait {
+            ledger: self,
+            magazines,
+            account,
+            bytes,
+            purpose,
+            needed,
+            queued: None,
+        }
+    }
+}
+
+/// The future of [`Ledger::charge_wait`]: the charge, once made.
+#[must_use = "futures do nothing unless awaited"]
+#[derive(Debug)]
+pub(crate) struct ChargeWait<'a> {
+    ledger: &'a Ledger,
+    magazines: &'a Magazines,
+    account: Option<Arc<TenantAccount>>,
+    bytes: u64,
+    purpose: Purpose,
+    needed: u64,
+    /// The waiter's id once queued; `None` before the first poll and after the end.
+    queued: Option<u64>,
+}
+
+impl Future for ChargeWait<'_> {
+    type Output = Result<Charged, PoolError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        match this.queued {
+            Some(id) => match this.ledger.poll_queued(id, cx.waker()) {
+                Some(charged) => {
+                    this.queued = None;
+                    Poll::Ready(Ok(charged))
+                }
+                None => Poll::Pending,
+            },
+            None => {
+                let first = this.ledger.charge_or_queue(
+                    this.magazines,
+                    this.account.as_ref(),
+                    this.bytes,
+                    this.purpose,
+                    this.needed,
+                    cx.waker(),
+                );
+                match first {
+                    Ok(Ok(charged)) => Poll::Ready(Ok(charged)),
+                    Ok(Err(id)) => {
+                        this.queued = Some(id);
+                        Poll::Pending
+                    }
+                    Err(err) => Poll::Ready(Err(err)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ChargeWait<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.queued.take() {
+            self.ledger.cancel(self.magazines, id);
+        }
+    }
+}
+
+#[cfg(all(test, axon_loom))]
+mod loom_tests {
+    //! The wait/wake protocol of this file, modelled with loom's atomics, mutex and
+    //! executor: a limit of one buffer, held; waiters that queue and count themselves under
+    //! the lock, then make their last check (`charge_or_queue`); a debit that frees the room,
+    //! then looks for waiters and runs a pass (`debit` + `serve`); a waiter that cancels and
+    //! hands its turn on (`cancel`). Every waiter that is not cancelled must be served:
+    //! loom fails the model as a deadlock if one sleeps forever.
+
+    use std::future::poll_fn;
+    use std::task::{Poll, Waker};
+
+    use loom::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering::SeqCst};
+    use loom::sync::{Arc, Mutex};
+
+    const LIMIT: u64 = 1;
+
+    #[derive(Default)]
+    struct Queue {
+        /// (id, served, waker), in arrival order.
+        waiters: Vec<(u32, bool, Option<Waker>)>,
+    }
+
+    struct Model {
+        usage: AtomicU64,
+        waiting: AtomicUsize,
+        queue: Mutex<Queue>,
+        /// The bug of tokio-uring#280: the last check before the waiter counts itself.
+        check_before_registering: bool,
+    }
+
+    impl Model {
+        fn new(check_before_registering: bool) -> Model {
+            Model {
+                usage: AtomicU64::new(LIMIT), // one buffer holds all the room
+                waiting: AtomicUsize::new(0),
+                queue: Mutex::new(Queue::default()),
+                check_before_registering,
+            }
+        }
+
+        /// Serves the head, if it fits.
+        fn pass(&self, queue: &mut Queue) {
+            if let Some(head) = queue.waiters.iter_mut().find(|w| !w.1) {
+                if self.usage.load(SeqCst) < LIMIT {
+                    self.usage.fetch_add(1, SeqCst);
+                    self.waiting.fetch_sub(1, SeqCst);
+                    head.1 = true;
+                    if let Some(waker) = head.2.take() {
+                        waker.wake();
+                    }
+                }
+            }
+        }
+
+        /// A buffer drops: its room back, then a pass if anyone waits. (The code makes the
+        /// decrement and the load `SeqCst`, which orders them against the waiter's fence in
+        /// C++20's model; loom treats `SeqCst` accesses as `AcqRel`, so the model spells
+        /// that order out with the fence loom does check.)
+        fn debit(&self) {
+            self.usage.fetch_sub(1, SeqCst);
+            fence(SeqCst);
+            if self.waiting.load(SeqCst) > 0 {
+                let mut queue = self.queue.lock().unwrap();
+                self.pass(&mut queue);
+            }
+        }
+
+        /// The first poll: queue and count, then the last check. `true`: served at once.
+        fn register(&self, id: u32, waker: &Waker) -> bool {
+            let mut queue = self.queue.lock().unwrap();
+            let ahead = queue.waiters.iter().any(|w| !w.1);
+            if self.check_before_registering && !ahead && self.usage.load(SeqCst) < LIMIT {
+                self.usage.fetch_add(1, SeqCst);
+                return true;
+            }
+            queue.waiters.push((id, false, Some(waker.clone())));
+            if self.check_before_registering {
+                // Counted only now: a debit between the check above and this count saw
+                // nobody waiting, and this waiter sleeps forever.
+                self.waiting.fetch_add(1, SeqCst);
+                return false;
+            }
+            self.waiting.fetch_add(1, SeqCst);
+            fence(SeqCst);
+            self.pass(&mut queue);
+            Self::take(&mut queue, id)
+        }
+
+        /// A later poll: served yet? (Updates the waker otherwise.)
+        fn poll(&self, id: u32, waker: &Waker) -> bool {
+            let mut queue = self.queue.lock().unwrap();
+            if Self::take(&mut queue, id) {
+                return true;
+            }
+            if let Some(w) = queue.waiters.iter_mut().find(|w| w.0 == id) {
+                w.2 = Some(waker.clone());
+            }
+            false
+        }
+
+        fn take(queue: &mut Queue, id: u32) -> bool {
+            match queue.waiters.iter().position(|w| w.0 == id && w.1) {
+                Some(at) => {
+                    queue.waiters.remove(at);
+                    true
+                }
+                None => false,
+            }
+        }
+
+        /// The future is dropped: out of the queue (giving back a charge made for it),
+        /// then a pass.
+        fn cancel(&self, id: u32) {
+            let mut queue = self.queue.lock().unwrap();
+            if let Some(at) = queue.waiters.iter().position(|w| w.0 == id) {
+                let (_, served, _) = queue.waiters.remove(at);
+                if served {
+                    self.usage.fetch_sub(1, SeqCst);
+                } else {
+                    self.waiting.fetch_sub(1, SeqCst);
+                }
+            }
+            self.pass(&mut queue);
+        }
+
+        /// Waits for room, as `ChargeWait` does.
+        async fn acquire(&self, id: u32) {
+            let mut queued = false;
+            poll_fn(|cx| {
+                let served = match queued {
+                    false => self.register(id, cx.waker()),
+                    true => self.poll(id, cx.waker()),
+                };
+                queued = true;
+                if served {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await
+        }
+    }
+
+    /// One waiter, one debit.
+    fn waiter_and_debit(check_before_registering: bool) {
+        loom::model(move || {
+            let model = Arc::new(Model::new(check_before_registering));
+            let debit = {
+                let model = Arc::clone(&model);
+                loom::thread::spawn(move || model.debit())
+            };
+            loom::future::block_on(model.acquire(1));
+            debit.join().unwrap();
+            assert_eq!(model.usage.load(SeqCst), LIMIT, "the waiter holds the room");
+            assert_eq!(model.waiting.load(SeqCst), 0);
+        });
+    }
+
+    #[test]
+    fn a_debit_wakes_the_waiter() {
+        waiter_and_debit(false);
+    }
+
+    /// The model finds the lost wakeup of a waiter that registers after its last check.
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn registering_after_the_last_check_loses_the_wakeup() {
+        waiter_and_debit(true);
+    }
+
+    /// A waiter queued first cancels (before or after it was served) while the room frees:
+    /// the second waiter is served either way, and nothing stays charged for the first.
+    #[test]
+    fn a_cancelled_waiter_hands_its_turn_on() {
+        loom::model(|| {
+            let model = Arc::new(Model::new(false));
+            // The first waiter queues (room is held), then gives up.
+            let noop = Waker::noop();
+            assert!(!model.register(1, noop));
+            let canceller = {
+                let model = Arc::clone(&model);
+                loom::thread::spawn(move || model.cancel(1))
+            };
+            let debit = {
+                let model = Arc::clone(&model);
+                loom::thread::spawn(move || model.debit())
+            };
+            loom::future::block_on(model.acquire(2));
+            canceller.join().unwrap();
+            debit.join().unwrap();
+            assert_eq!(
+                model.usage.load(SeqCst),
+                LIMIT,
+                "only the second waiter holds room"
+            );
+            assert_eq!(model.waiting.load(SeqCst), 0);
+        });
+    }
+}
