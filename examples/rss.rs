@@ -1,41 +1,83 @@
-//! What the process's resident memory (RSS) does across a burst of Huge buffers, their drop
-//! back to the pool, and a `trim()`, with the system allocator.
+//! What the process's resident memory (RSS) does through bursts of Huge buffers, their drop
+//! back to the pool, a quiet period, and the idle decay, with the system allocator and
+//! glibc's default settings. No call to `trim()`: the pool's own decay thread frees the
+//! idle slabs and gives their pages back.
 //!
 //! ```sh
-//! cargo run --release --example rss
+//! cargo run --release --example rss              # decay (no trim call)
+//! cargo run --release --example rss -- --trim    # the same rounds, with trim() instead
 //! ```
 //!
-//! Linux only (it reads `VmRSS` from `/proc/self/status`); elsewhere it prints the pool's
-//! figures without RSS. It is a measurement, not a test: the numbers depend on the
-//! allocator and its tuning.
+//! Three rounds of 40 Huge (10 MiB) buffers, each written in full. Round 3 keeps its newest
+//! buffer alive: with glibc, rounds 2 and 3 take their 10 MiB blocks from the heap (its
+//! dynamic mmap threshold rose when round 1's blocks were freed), and a live block at the top
+//! of the heap keeps everything below it resident, unless the pages are given back. After
+//! each round RSS must come back to within 16 MiB of what it was before the round; the
+//! example exits non-zero if it does not.
+//!
+//! Linux only (it reads `VmRSS` from `/proc/self/status`).
 
-use axon_buffer::{BufferPool, PoolClass};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use axon_buffer::{BufferPool, PoolClass, PooledBuf};
+use clap::Parser;
 
 const MIB: u64 = 1024 * 1024;
-const BURST: usize = 40;
 
-/// Resident set size in bytes, from `/proc/self/status` (`None` where that does not exist).
-fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+#[derive(Parser, Debug)]
+#[command(about = "RSS through bursts of Huge buffers, idle decay and trim")]
+struct Args {
+    /// Free the idle slabs with trim() right after each burst instead of waiting for the
+    /// decay.
+    #[arg(long)]
+    trim: bool,
+    /// The pool's idle timeout, in milliseconds (short, so the example runs in seconds).
+    #[arg(long, default_value_t = 1000)]
+    idle_timeout_ms: u64,
+    /// Huge buffers per burst.
+    #[arg(long, default_value_t = 40)]
+    burst: usize,
+    /// How far above its value before the burst RSS may stay, in MiB.
+    #[arg(long, default_value_t = 16)]
+    tolerance_mib: u64,
 }
 
-fn report(stage: &str, pool: &BufferPool) {
-    let snap = pool.snapshot();
-    let rss = rss_bytes().map_or_else(|| "n/a".to_owned(), |b| format!("{:>5} MiB", b / MIB));
-    println!(
-        "{stage:<46} RSS {rss}   live {:>4} MiB   idle {:>4} MiB ({} Huge slabs)",
-        snap.live_bytes / MIB,
-        snap.idle_bytes / MIB,
-        snap.idle_slabs[&PoolClass::Huge],
-    );
+/// Resident set size in bytes, from `/proc/self/status`. Reads into a stack buffer: an
+/// allocation here would itself land above the freed blocks in glibc's heap.
+fn rss_bytes() -> u64 {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    let mut file = std::fs::File::open("/proc/self/status").expect("/proc/self/status");
+    let n = file.read(&mut buf).expect("read /proc/self/status");
+    let text = std::str::from_utf8(&buf[..n]).expect("utf-8");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
 }
 
-/// Acquires `BURST` Huge buffers and writes every byte, so every page is resident.
-fn burst(pool: &BufferPool) -> Vec<axon_buffer::PooledBuf> {
-    (0..BURST)
+struct Clock(Instant);
+
+impl Clock {
+    fn report(&self, stage: &str, pool: &BufferPool) {
+        let snap = pool.snapshot();
+        println!(
+            "{:>6.1} s  {stage:<44} RSS {:>4} MiB  live {:>4} MiB  idle {:>4} MiB  decayed {:>4} MiB",
+            self.0.elapsed().as_secs_f64(),
+            rss_bytes() / MIB,
+            snap.live_bytes / MIB,
+            snap.idle_bytes / MIB,
+            snap.decayed_bytes_total.values().sum::<u64>() / MIB,
+        );
+    }
+}
+
+/// Acquires `n` Huge buffers and writes every byte, so every page is resident.
+fn burst(pool: &BufferPool, n: usize) -> Vec<PooledBuf> {
+    (0..n)
         .map(|i| {
             let mut buf = pool.acquire(PoolClass::Huge.capacity());
             buf.resize(buf.capacity(), i as u8 | 1);
@@ -44,84 +86,73 @@ fn burst(pool: &BufferPool) -> Vec<axon_buffer::PooledBuf> {
         .collect()
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn glibc_malloc_trim() -> bool {
-    extern "C" {
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
-    }
-    // SAFETY: `malloc_trim` is glibc's, takes a plain integer, touches only the allocator's
-    // own free memory (no Rust object), and is safe to call at any time from any thread.
-    unsafe { malloc_trim(0) != 0 }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn glibc_malloc_trim() -> bool {
-    false
-}
-
-fn main() {
-    let pool = BufferPool::default(); // max_idle_bytes 256 MiB, max_idle_per_class 64
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let timeout = Duration::from_millis(args.idle_timeout_ms);
+    let pool = BufferPool::builder()
+        .idle_timeout(Some(timeout))
+        .idle_decay_thread(true)
+        .build();
+    let clock = Clock(Instant::now());
     println!(
-        "{BURST} Huge buffers ({} MiB each) written in full, system allocator\n",
-        PoolClass::Huge.capacity() as u64 / MIB
+        "{} Huge buffers (10 MiB) per burst, written in full; system allocator, glibc defaults; \
+         idle_timeout {} ms, decay thread on; {}\n",
+        args.burst,
+        args.idle_timeout_ms,
+        if args.trim {
+            "trim() after each burst"
+        } else {
+            "no trim() call"
+        },
     );
-    report("start", &pool);
-
-    for round in 1..=2 {
-        let bufs = burst(&pool);
-        report(&format!("round {round}: {BURST} Huge buffers held"), &pool);
+    clock.report("start", &pool);
+    let mut failures = 0;
+    let mut kept = None;
+    for round in 1..=3 {
+        let before = rss_bytes();
+        let mut bufs = burst(&pool, args.burst);
+        clock.report(&format!("round {round}: burst held"), &pool);
+        if round == 3 {
+            kept = bufs.pop(); // the newest stays alive, on top of the heap
+        }
         drop(bufs);
-        report(
-            &format!("round {round}: dropped (256 MiB cap: the rest freed)"),
+        clock.report(
+            &format!("round {round}: dropped (idle up to the cap)"),
             &pool,
         );
-        let freed = pool.trim();
-        report(
-            &format!("round {round}: trim() freed {} MiB", freed / MIB),
-            &pool,
+        let deadline = Instant::now() + 3 * timeout + Duration::from_secs(2);
+        if args.trim {
+            let freed = pool.trim();
+            clock.report(
+                &format!("round {round}: trim() freed {} MiB", freed / MIB),
+                &pool,
+            );
+        } else {
+            // Quiet: no traffic, no call. The decay thread frees what stays idle.
+            while pool.snapshot().idle_bytes > 0 && Instant::now() < deadline {
+                std::thread::sleep(timeout / 4);
+                clock.report(&format!("round {round}: quiet"), &pool);
+            }
+        }
+        let after = rss_bytes();
+        let ok = after <= before + args.tolerance_mib * MIB;
+        println!(
+            "          round {round}: RSS {} MiB before the burst, {} MiB after: {}",
+            before / MIB,
+            after / MIB,
+            if ok { "back" } else { "NOT BACK" }
         );
+        failures += usize::from(!ok);
     }
-
-    // Round 3: the same, but the newest buffer stays alive. With glibc, round 2 onwards takes
-    // 10 MiB slabs from the heap (the dynamic mmap threshold rose when round 1 freed its
-    // mmapped slabs), and a live block at the top of the heap keeps the free space below it
-    // resident after trim(), until malloc_trim() returns it.
-    let mut bufs = burst(&pool);
-    let newest = bufs.pop();
-    drop(bufs);
-    let freed = pool.trim();
-    report(
-        &format!("round 3: newest kept, trim() freed {} MiB", freed / MIB),
-        &pool,
-    );
-    if glibc_malloc_trim() {
-        report("round 3: glibc malloc_trim(0)", &pool);
+    drop(kept);
+    clock.report("end", &pool);
+    if failures > 0 {
+        eprintln!("error: RSS did not come back after {failures} round(s)");
+        return ExitCode::FAILURE;
     }
-    drop(newest);
-    pool.trim();
-    report("round 3: newest dropped, trim()", &pool);
-
     println!(
-        "
-What to expect of RSS with the system allocator:
-- A slab the pool keeps idle stays resident: it was written, and the pool only forgets its
-  length. Idle memory is bounded by max_idle_bytes (default 256 MiB) and max_idle_per_class
-  (default 64), and shown as idle_bytes; trim() hands all of it back to the allocator.
-- Whether the allocator hands it back to the OS is its decision. glibc serves requests of at
-  least M_MMAP_THRESHOLD (128 KiB by default) with their own mmap and munmaps them on free, so
-  Large and Huge slabs leave RSS as soon as they are freed (by trim(), or on a drop that finds
-  the idle caps full). Small (4 KiB) and Medium (64 KiB) slabs come from the heap and return
-  to the OS only when the top of the heap is free (M_TRIM_THRESHOLD) or malloc_trim() runs.
-- glibc's threshold is dynamic: freeing an mmapped block raises M_MMAP_THRESHOLD to its size
-  (up to 32 MiB on 64-bit), so after the first Huge slab is freed, later 10 MiB slabs may come
-  from the heap instead of mmap, and freeing them returns memory to the OS only when it
-  coalesces at the top of the heap or malloc_trim() runs: one live buffer above them pins
-  them all (round 3 above: 10 MiB live, 0 idle, yet the burst stays resident after trim()
-  until malloc_trim(0); the pool has done its part). Setting M_MMAP_THRESHOLD explicitly
-  (mallopt, or MALLOC_MMAP_THRESHOLD_=131072 in the environment) turns the dynamic
-  adjustment off and keeps the mmap behaviour.
-- Oversize buffers (above 10 MiB) are never pooled: their memory goes back on drop.
-- jemalloc and mimalloc return freed memory on their own schedules (decay timers); RSS then
-  falls some time after trim(), not at once."
+        "ok: RSS came back within {} MiB after every round",
+        args.tolerance_mib
     );
+    ExitCode::SUCCESS
 }

@@ -70,6 +70,11 @@ pub struct BufferPoolSnapshot {
     pub outstanding_buffers: HashMap<PoolClass, u64>,
     /// Buffers outstanding per tracked tenant.
     pub tenant_outstanding_buffers: HashMap<String, u64>,
+    /// Slabs freed by the idle decay (`idle_timeout`, `trim_idle`), per pooled class (all
+    /// four keys).
+    pub decayed_slabs_total: HashMap<PoolClass, u64>,
+    /// Their capacity, per pooled class (all four keys).
+    pub decayed_bytes_total: HashMap<PoolClass, u64>,
     /// Hard limit per tracked tenant that has one.
     pub tenant_hard_limit_bytes: HashMap<String, u64>,
     /// Requests waiting for room now (`acquire_wait`, `reserve_wait`, `reserve_wait` of a
@@ -104,6 +109,8 @@ impl BufferPoolSnapshot {
             outstanding_buffers: HashMap::new(),
             tenant_outstanding_buffers: HashMap::new(),
             tenant_hard_limit_bytes: HashMap::new(),
+            decayed_slabs_total: HashMap::new(),
+            decayed_bytes_total: HashMap::new(),
             waiters: 0,
             wait_time_total: Duration::ZERO,
             tenant_waiters: HashMap::new(),

@@ -119,6 +119,26 @@ impl Stack {
         Some(unsafe { Vec::from_raw_parts(ptr, 0, self.capacity) })
     }
 
+    /// The caller has the stack to itself. Moves the `n` oldest slabs (the bottom of the
+    /// stack) into `out`, and the rest down.
+    fn take_bottom(&self, n: usize, out: &mut Vec<Vec<u8>>) {
+        let len = self.len.load(Relaxed);
+        let n = n.min(len);
+        let capacity = self.capacity;
+        self.slots.with_mut(|slots| {
+            // SAFETY: the caller has the stack to itself; `n <= len <= MAX_ROUNDS`.
+            let slots = unsafe { &mut *slots };
+            for &ptr in &slots[..n] {
+                // SAFETY: as in `pop_exclusive`: `slots[..len]` own empty slabs of exactly
+                // `capacity`; each of the first `n` is taken over once, and the `copy_within`
+                // below drops their pointers from the stack before `len` shrinks.
+                out.push(unsafe { Vec::from_raw_parts(ptr, 0, capacity) });
+            }
+            slots.copy_within(n..len, 0);
+        });
+        self.len.store(len - n, Relaxed);
+    }
+
     /// The caller has the stack to itself. Refuses (hands back) a slab when the first
     /// `upto` slots are full, or one that is not empty and of exactly the class's capacity.
     #[inline(always)]
@@ -163,6 +183,9 @@ pub(crate) struct Magazine {
     stacks: [Stack; 4],
     /// Idle-budget units held, per class: never fewer than the slabs held.
     held: [AtomicUsize; 4],
+    /// The fewest slabs each stack held since the pool's last decay mark: the ones below
+    /// have not moved since (jemalloc's low-water mark), so they have been idle that long.
+    low: [AtomicUsize; 4],
     /// Bytes prepaid to the pool's usage.
     pool_stock: AtomicU64,
     slots: [TenantSlot; SLOTS],
@@ -207,6 +230,7 @@ impl Magazine {
                 Stack::new(PoolClass::non_oversize()[k].capacity(), ROUNDS[k])
             }),
             held: Default::default(),
+            low: Default::default(),
             pool_stock: AtomicU64::new(0),
             slots: std::array::from_fn(|_| TenantSlot {
                 account: AtomicPtr::new(std::ptr::null_mut()),
@@ -301,7 +325,32 @@ impl<'a> Exclusive<'a> {
     /// The most recently pushed slab of class index `k`, if any.
     #[inline(always)]
     pub(crate) fn pop(self, k: usize) -> Option<Vec<u8>> {
-        self.0.stacks[k].pop_exclusive()
+        let slab = self.0.stacks[k].pop_exclusive()?;
+        let len = self.len(k);
+        if len < self.0.low[k].load(Relaxed) {
+            self.0.low[k].store(len, Relaxed);
+        }
+        Some(slab)
+    }
+
+    /// Moves the slabs of class index `k` that have not moved since the last decay mark
+    /// (the bottom of the stack, below its low-water mark) into `out`; marks anew.
+    pub(crate) fn take_unmoved(self, k: usize, out: &mut Vec<Vec<u8>>) -> usize {
+        let n = self.0.low[k].load(Relaxed).min(self.len(k));
+        self.0.stacks[k].take_bottom(n, out);
+        self.mark(k);
+        n
+    }
+
+    /// Moves every slab of class index `k` into `out`, oldest first.
+    pub(crate) fn take_all(self, k: usize, out: &mut Vec<Vec<u8>>) {
+        self.0.stacks[k].take_bottom(self.len(k), out);
+        self.mark(k);
+    }
+
+    /// Starts a new decay window: the low-water mark is the stack as it is.
+    pub(crate) fn mark(self, k: usize) {
+        self.0.low[k].store(self.len(k), Relaxed);
     }
 
     /// Pushes an empty slab of exactly its class's capacity while fewer than `upto` (and
