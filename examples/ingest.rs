@@ -2,26 +2,28 @@
 //! clients, in one process.
 //!
 //! ```text
-//! cargo run --release --example ingest --features axum                    # the pool
-//! cargo run --release --example ingest --features axum -- --alloc bytesmut  # BytesMut
-//! cargo run --release --example ingest --features axum -- --serve --addr 127.0.0.1:8080
+//! cargo run --release --example ingest                                # the pool
+//! cargo run --release --example ingest -- --alloc bytesmut             # BytesMut
+//! cargo run --release --example ingest -- --serve --addr 127.0.0.1:8080
 //! ```
 //!
 //! The server answers `POST /ingest/{tenant}`: it reads the body with
-//! [`Tenant::collect_body`](axon_buffer::Tenant::collect_body) into one pooled buffer
-//! charged to the tenant (looked up per request with `pool.tenant(id)`: no map of handles),
-//! freezes it into `Bytes` and fans it out to two consumers: a checksum task, and a storage
-//! step on `spawn_blocking` that writes it out and checksums what it wrote. The response
-//! carries the checksum in `x-checksum`; a refusal is the crate's error as a response (429
-//! with `Retry-After` when the tenant's hard limit will have room later). `GET /metrics`
+//! [`Tenant::collect_body_wait`](axon_buffer::Tenant::collect_body_wait) into one pooled
+//! buffer charged to the tenant (looked up per request with `pool.tenant(id)`: no map of
+//! handles), freezes it into `Bytes` and fans it out to two consumers: a checksum task, and
+//! a storage step on `spawn_blocking` that writes it out and checksums what it wrote. The
+//! response carries the checksum in `x-checksum`. A tenant at its hard limit does not get
+//! a 429: its upload waits for room, its socket unread, so TCP pushes back on its client;
+//! only a wait longer than `WAIT_AT_MOST` is answered 503 with `Retry-After`. `GET /metrics`
 //! serves the pool's OpenMetrics text.
 //!
 //! By default the example also runs the clients: for each tenant, `--connections` hyper
 //! clients upload a realistic mix (70% text of about 1 KiB, 25% images of about 200 KiB,
 //! 4% audio of about 3 MiB, 1% video chunks of 12 MiB), one upload in four chunked
-//! (no `Content-Length`), and compare the server's checksum with their own; a 429 is
-//! retried after its `Retry-After`. tenant-0 is on a small plan (8 MiB soft limit), the
-//! last tenant has a hard limit (`--hard-limit-mib`, default 64).
+//! (no `Content-Length`), and compare the server's checksum with their own; a 429 or 503
+//! is retried after its `Retry-After`. tenant-0 is on a small plan (8 MiB soft limit), the
+//! last tenant has a hard limit (`--hard-limit-mib`, default 24: two of its video chunks at
+//! once do not fit, so its uploads wait for each other), and the summary shows how long.
 //!
 //! The summary shows requests, MB/s, latency, the hit rate per size class, per-tenant
 //! figures, peak RSS, and the exposition `GET /metrics` served at the end. The example exits non-zero on a leak (live bytes once every
@@ -66,6 +68,8 @@ const MIB: usize = 1024 * 1024;
 
 /// The largest body the server takes; the mix tops out at 12 MiB.
 const MAX_BODY: usize = 16 * MIB;
+/// The longest an upload waits for its tenant's room before it is answered 503.
+const WAIT_AT_MOST: Duration = Duration::from_secs(10);
 /// Soft limits: tenant-0 is on a small plan, so its audio and video go over.
 const DEFAULT_SOFT_LIMIT: u64 = 64 * MIB as u64;
 const SMALL_PLAN_SOFT_LIMIT: u64 = 8 * MIB as u64;
@@ -103,9 +107,9 @@ struct Args {
     /// Stop sending new uploads after this many seconds.
     #[arg(long, default_value_t = 20.0)]
     seconds: f64,
-    /// The last tenant's hard limit, in MiB (below about 30, two of its uploads at once
-    /// can be refused with 429 and retried).
-    #[arg(long, default_value_t = 64)]
+    /// The last tenant's hard limit, in MiB (below about 30, two of its large uploads at
+    /// once do not fit: the second waits for room).
+    #[arg(long, default_value_t = 24)]
     hard_limit_mib: u64,
     /// After the run, keep serving (/metrics too) this many seconds; Ctrl-C ends it.
     #[arg(long, default_value_t = 0)]
@@ -339,7 +343,13 @@ async fn ingest_pooled(
 ) -> Result<Response, CollectError<axum::Error>> {
     let stats = server.stats(&id);
     let tenant = server.pool.tenant(&id);
-    let buf = match tenant.collect_body(&mut body, MAX_BODY).await {
+    // Over its hard limit the tenant waits for room, its body unread; bounded, so a tenant
+    // that never drains gets an answer.
+    let collected =
+        tokio::time::timeout(WAIT_AT_MOST, tenant.collect_body_wait(&mut body, MAX_BODY))
+            .await
+            .unwrap_or_else(|_| Err(CollectError::Pool(waited_too_long(&tenant))));
+    let buf = match collected {
         Ok(buf) => buf,
         Err(err) => {
             if err.retry_after().is_some() {
@@ -357,6 +367,18 @@ async fn ingest_pooled(
     stats.peak_live.fetch_max(tenant.live_bytes(), Relaxed);
     drop(tenant);
     Ok(fan_out(&server, stats, buf.freeze()).await)
+}
+
+/// The refusal for an upload that waited `WAIT_AT_MOST` for its tenant's room: the hard
+/// limit's, which maps to 429 with a retry hint.
+fn waited_too_long(tenant: &axon_buffer::Tenant) -> axon_buffer::PoolError {
+    axon_buffer::PoolError::TenantHardLimit {
+        tenant: tenant.id().to_owned(),
+        requested: 0,
+        live: tenant.live_bytes(),
+        limit: tenant.hard_limit().unwrap_or(u64::MAX),
+        needed: 0,
+    }
 }
 
 /// `POST /ingest/{tenant}` without the pool: the body into a fresh `BytesMut`.
@@ -820,7 +842,7 @@ fn print_summary(
 
     println!();
     println!(
-        "tenant       requests         MB  peak live  final live  soft limit  exceeded  hard limit  refused"
+        "tenant       requests         MB  peak live  final live  soft limit  exceeded  hard limit  waited  refused"
     );
     for id in ids {
         let s = &stats[id];
@@ -832,7 +854,7 @@ fn print_summary(
             DEFAULT_SOFT_LIMIT
         };
         println!(
-            "{id:<12} {:>8} {:>10.1} {:>10} {:>11} {:>11} {:>9} {:>11} {:>8}",
+            "{id:<12} {:>8} {:>10.1} {:>10} {:>11} {:>11} {:>9} {:>11} {:>7.2}s {:>8}",
             s.requests.load(Relaxed),
             s.bytes.load(Relaxed) as f64 / 1e6,
             human(s.peak_live.load(Relaxed)),
@@ -844,6 +866,10 @@ fn print_summary(
                 .copied()
                 .unwrap_or(0),
             limit(hard),
+            snapshot
+                .tenant_wait_time_total
+                .get(id)
+                .map_or(0.0, Duration::as_secs_f64),
             s.refused.load(Relaxed),
         );
     }

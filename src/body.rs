@@ -17,9 +17,10 @@
 //! 3. On any error the buffer is dropped before the error is returned: the tenant and the
 //!    pool are charged nothing, and nothing of the body is kept.
 //!
-//! Where the memory comes from is the one thing a waiting form changes, so the loop takes
-//! it from a [`Room`]: the handles here refuse at once; a waiting form would wait for the
-//! first buffer and for each growth step instead.
+//! Where the memory comes from is the one thing the waiting forms (`collect_body_wait`)
+//! change, so the loop takes it from a `Room`: the handles refuse at once; `Waiting` waits
+//! for the first buffer and for each growth step instead. An Oversize buffer never grows
+//! past `max` for the doubling alone.
 
 use std::future::{self, Future};
 use std::pin::pin;
@@ -134,6 +135,53 @@ impl Tenant {
     {
         collect(self, body, max).await
     }
+
+    /// [`collect_body`](Self::collect_body), waiting for room instead of refusing: the
+    /// first buffer and every growth step wait, as [`Tenant::acquire_wait`] does, while the
+    /// tenant's hard limit or the pool's `max_live_bytes` refuses and waiting can help.
+    ///
+    /// Meanwhile the body is not read, so its connection's flow control pushes back on the
+    /// client: a tenant over its limit slows down instead of failing. Bound the wait with
+    /// the server's timeout (`tokio::time::timeout`, tower's `TimeoutLayer`): dropped at
+    /// any point, the future has charged nothing and kept nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::BufferPool;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    ///
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// let pool = BufferPool::default();
+    /// let tenant = pool.tenant("acme");
+    /// tenant.set_hard_limit(Some(1 << 20));
+    /// let earlier = tenant.acquire(1 << 20); // the tenant's whole limit, held
+    ///
+    /// let body = Full::new(Bytes::from(vec![7u8; 100_000]));
+    /// let upload = tenant.collect_body_wait(body, 16 << 20);
+    /// let (buf, ()) = tokio::join!(upload, async { drop(earlier) });
+    /// assert_eq!(buf?.len(), 100_000); // waited for `earlier`, then read the body
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`collect_body`](Self::collect_body), except that a [`CollectError::Pool`] refusal
+    /// is one waiting cannot fix ([`PoolError::waiting_helps`] is false).
+    pub async fn collect_body_wait<B>(
+        &self,
+        body: B,
+        max: usize,
+    ) -> Result<PooledBuf, CollectError<B::Error>>
+    where
+        B: Body,
+        B::Data: Buf,
+    {
+        collect(&Waiting(self), body, max).await
+    }
 }
 
 impl BufferPool {
@@ -174,6 +222,24 @@ impl BufferPool {
     {
         collect(self, body, max).await
     }
+
+    /// [`collect_body`](Self::collect_body), waiting for room while `max_live_bytes`
+    /// refuses; [`Tenant::collect_body_wait`] describes how.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tenant::collect_body_wait`].
+    pub async fn collect_body_wait<B>(
+        &self,
+        body: B,
+        max: usize,
+    ) -> Result<PooledBuf, CollectError<B::Error>>
+    where
+        B: Body,
+        B::Data: Buf,
+    {
+        collect(&Waiting(self), body, max).await
+    }
 }
 
 /// Where the collect loop gets its memory: the first buffer, and room before each append.
@@ -182,11 +248,12 @@ trait Room {
     /// A buffer of at least `bytes` bytes.
     fn first(&self, bytes: usize) -> impl Future<Output = Result<PooledBuf, PoolError>>;
 
-    /// Room in `buf` for `additional` more bytes.
+    /// Room in `buf` for `additional` more bytes, growing it past `max` only if it must.
     fn make_room(
         &self,
         buf: &mut PooledBuf,
         additional: usize,
+        max: usize,
     ) -> impl Future<Output = Result<(), PoolError>>;
 }
 
@@ -199,8 +266,9 @@ impl Room for Tenant {
         &self,
         buf: &mut PooledBuf,
         additional: usize,
+        max: usize,
     ) -> impl Future<Output = Result<(), PoolError>> {
-        future::ready(buf.try_reserve(additional))
+        future::ready(buf.try_reserve_within(additional, max))
     }
 }
 
@@ -213,8 +281,43 @@ impl Room for BufferPool {
         &self,
         buf: &mut PooledBuf,
         additional: usize,
+        max: usize,
     ) -> impl Future<Output = Result<(), PoolError>> {
-        future::ready(buf.try_reserve(additional))
+        future::ready(buf.try_reserve_within(additional, max))
+    }
+}
+
+/// The waiting forms: the first buffer and every growth step wait for room while a limit
+/// refuses and waiting can help.
+struct Waiting<'a, H>(&'a H);
+
+impl Room for Waiting<'_, Tenant> {
+    fn first(&self, bytes: usize) -> impl Future<Output = Result<PooledBuf, PoolError>> {
+        self.0.acquire_wait(bytes)
+    }
+
+    fn make_room(
+        &self,
+        buf: &mut PooledBuf,
+        additional: usize,
+        max: usize,
+    ) -> impl Future<Output = Result<(), PoolError>> {
+        buf.reserve_wait_within(additional, max)
+    }
+}
+
+impl Room for Waiting<'_, BufferPool> {
+    fn first(&self, bytes: usize) -> impl Future<Output = Result<PooledBuf, PoolError>> {
+        self.0.acquire_wait(bytes)
+    }
+
+    fn make_room(
+        &self,
+        buf: &mut PooledBuf,
+        additional: usize,
+        max: usize,
+    ) -> impl Future<Output = Result<(), PoolError>> {
+        buf.reserve_wait_within(additional, max)
     }
 }
 
@@ -257,7 +360,7 @@ where
         }
         let buf = match &mut buf {
             Some(buf) => {
-                room.make_room(buf, len).await?;
+                room.make_room(buf, len, max).await?;
                 buf
             }
             None => buf.insert(room.first(len).await?),

@@ -238,9 +238,20 @@ impl PooledBuf {
     /// ```
     #[inline]
     pub fn try_reserve(&mut self, additional: usize) -> Result<(), PoolError> {
+        self.try_reserve_within(additional, usize::MAX)
+    }
+
+    /// [`Self::try_reserve`], growing an Oversize buffer to at most `within` bytes beyond
+    /// what it needs (a body collector's `max`: no point doubling past it).
+    #[inline]
+    pub(crate) fn try_reserve_within(
+        &mut self,
+        additional: usize,
+        within: usize,
+    ) -> Result<(), PoolError> {
         match self.growth_needed(additional)? {
             None => Ok(()),
-            Some(needed) => self.promote(needed),
+            Some(needed) => self.promote(needed, within),
         }
     }
 
@@ -280,10 +291,20 @@ impl PooledBuf {
     /// # }).unwrap();
     /// ```
     pub async fn reserve_wait(&mut self, additional: usize) -> Result<(), PoolError> {
+        self.reserve_wait_within(additional, usize::MAX).await
+    }
+
+    /// [`Self::reserve_wait`], growing an Oversize buffer to at most `within` bytes beyond
+    /// what it needs (a body collector's `max`).
+    pub(crate) async fn reserve_wait_within(
+        &mut self,
+        additional: usize,
+        within: usize,
+    ) -> Result<(), PoolError> {
         let Some(needed) = self.growth_needed(additional)? else {
             return Ok(());
         };
-        let (class, capacity, extra) = self.growth(needed);
+        let (class, capacity, extra) = self.growth(needed, within);
         let charged = self
             .pool
             .charge_wait(self.tenant, extra, Purpose::Growth, capacity as u64)
@@ -305,8 +326,8 @@ impl PooledBuf {
     }
 
     /// Moves the buffer to a slab that holds `needed` bytes, charging the difference first.
-    fn promote(&mut self, needed: usize) -> Result<(), PoolError> {
-        let (class, capacity, extra) = self.growth(needed);
+    fn promote(&mut self, needed: usize, within: usize) -> Result<(), PoolError> {
+        let (class, capacity, extra) = self.growth(needed, within);
         let charged = self
             .pool
             .charge(self.tenant, extra, Purpose::Growth)
@@ -314,11 +335,12 @@ impl PooledBuf {
         self.grow(class, capacity, extra, charged)
     }
 
-    /// The class, capacity and extra charge of a buffer grown to hold `needed` bytes.
-    fn growth(&self, needed: usize) -> (PoolClass, usize, u64) {
+    /// The class, capacity and extra charge of a buffer grown to hold `needed` bytes, an
+    /// Oversize one to at most `within` bytes unless it needs more.
+    fn growth(&self, needed: usize, within: usize) -> (PoolClass, usize, u64) {
         let class = PoolClass::for_size(needed);
         let capacity = match class {
-            PoolClass::Oversize => self.oversize_capacity(needed),
+            PoolClass::Oversize => self.oversize_capacity(needed, within),
             class => class.capacity(),
         };
         (
@@ -370,11 +392,12 @@ impl PooledBuf {
     /// capacity now (so writing N bytes costs O(N)), within `max_request_bytes`, but only
     /// `needed` when the doubling alone would not fit the room the limits leave (a 41 MiB
     /// upload under a 64 MiB hard limit must not be refused for asking 80 MiB).
-    fn oversize_capacity(&self, needed: usize) -> usize {
+    fn oversize_capacity(&self, needed: usize, within: usize) -> usize {
         let doubled = self
             .capacity()
             .saturating_mul(2)
             .min(self.pool.config.max_request_bytes)
+            .min(within)
             .max(needed);
         let room = self.pool.room(self.tenant);
         let extra = (doubled as u64).saturating_sub(self.charged);

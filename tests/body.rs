@@ -577,6 +577,84 @@ async fn chunked_41_mib_upload_fits_a_64_mib_hard_limit() {
     assert_nothing_live(&pool.snapshot());
 }
 
+/// Growth never doubles past the body's `max`: a 41 MiB chunked upload with `max` 45 MiB
+/// ends in a buffer of at most 45 MiB (doubling from 40 MiB would ask 80).
+#[tokio::test]
+async fn growth_stops_at_max() {
+    let pool = BufferPool::default();
+    let data = pattern(41 * MIB);
+    let buf = pool
+        .collect_body(chunked(&data, 256 * KIB), 45 * MIB)
+        .await
+        .unwrap();
+    assert_same(&buf, &data);
+    assert!(buf.capacity() <= 45 * MIB, "capacity {}", buf.capacity());
+    assert_eq!(pool.snapshot().live_bytes, buf.capacity() as u64);
+}
+
+/// `collect_body_wait`: the first buffer and each growth step wait for the tenant's room
+/// (the body is not read meanwhile); what can never fit fails at once; a wait cut short by
+/// a timeout charges nothing.
+#[tokio::test]
+async fn collect_body_wait_waits_for_room() {
+    let pool = BufferPool::default();
+    let tenant = pool.tenant("waiter");
+    tenant.set_hard_limit(Some(12 * MIB as u64)); // one Huge (10 MiB) slab and change
+    let data = pattern(1536 * KIB); // a Huge buffer
+
+    // The first buffer waits: a Huge buffer is held.
+    let held = tenant.acquire(2 * MIB);
+    let upload = tenant.collect_body_wait(exact(&data, 64 * KIB), 16 * MIB);
+    let (buf, ()) = tokio::join!(upload, async {
+        tokio::task::yield_now().await;
+        drop(held);
+    });
+    let buf = buf.unwrap();
+    assert_same(&buf, &data);
+    assert!(pool.snapshot().tenant_wait_time_total["waiter"] > Duration::ZERO);
+    drop(buf);
+
+    // A growth step waits: a chunked body grows to Large, then waits for its Huge step
+    // while a Huge buffer is held.
+    let held = tenant.acquire(2 * MIB);
+    let upload = tenant.collect_body_wait(chunked(&data, 64 * KIB), 16 * MIB);
+    let (buf, ()) = tokio::join!(upload, async {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+    });
+    let buf = buf.unwrap();
+    assert_same(&buf, &data);
+    assert_eq!(buf.class(), PoolClass::Huge);
+    drop(buf);
+
+    // Never fits the limit: at once, a pool refusal waiting cannot help.
+    let big = pattern(13 * MIB);
+    let err = tenant
+        .collect_body_wait(exact(&big, 256 * KIB), 16 * MIB)
+        .await
+        .unwrap_err();
+    match err {
+        CollectError::Pool(err) => assert!(!err.waiting_helps(), "{err}"),
+        other => panic!("{other}"),
+    }
+
+    // Cut short: nothing charged, nobody left waiting.
+    let held = tenant.acquire(2 * MIB);
+    let waited = tokio::time::timeout(
+        Duration::from_millis(20),
+        tenant.collect_body_wait(exact(&data, 64 * KIB), 16 * MIB),
+    )
+    .await;
+    assert!(waited.is_err());
+    assert_eq!(tenant.live_bytes(), 10 * MIB as u64, "only the held buffer");
+    drop(held);
+    let snap = pool.snapshot();
+    assert_nothing_live(&snap);
+    assert_eq!(snap.waiters, 0);
+}
+
 #[cfg(feature = "axum")]
 mod axum_responses {
     use axum_core::response::IntoResponse;
