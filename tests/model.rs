@@ -12,16 +12,31 @@
 //! beyond the idle slabs), and the shared live figure that bounds reservations (and every charge of a pool
 //! with `max_live_bytes`).
 //!
+//! Threads. Most operations run on the test thread, but some run on other threads, one at a
+//! time (the test thread sends the work and waits for the answer, so the sequence stays
+//! deterministic): a persistent *worker* acquires buffers and hands them back, drops objects
+//! it is sent, and exits on demand (`WorkerAcquire`, `WorkerDrop`, `WorkerExit`), and fresh
+//! *stranger* threads drop one object each (`StrangerDrop`). The model gives each thread
+//! that has charged anything its own magazine (`Idle::caches`: the test thread's and the
+//! worker's; a thread that only dropped has none and returns to the shared lists), and a
+//! worker's exit moves its magazine home. Every figure, live ones included, must match at
+//! every rest point. One operation is a race on purpose (`RaceSnapshots`: snapshots taken
+//! while the worker cycles buffers must keep the idle caps and count each slab once); the
+//! model re-synchronises after it.
+//!
 //! Memory is real, so sizes stay cheap: big slabs are allocated but only touched by writes
 //! of at most `fill_max` bytes, and `max_live_bytes` (or, without it, `MAX_BIG`) bounds how
 //! many can be outstanding. Under Miri the pool is built with `max_request_bytes` = 64 KiB
 //! and only the Small and Medium boundaries are drawn.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Once};
+use std::thread;
 
 use axon_buffer::{
     BufferPool, BufferPoolSnapshot, PoolClass, PoolError, PooledBuf, Reservation, Tenant,
@@ -42,6 +57,15 @@ const MIB: usize = 1024 * KIB;
 /// Capacities of the four pooled classes, smallest first. Index 4 is Oversize.
 const CLASS_CAP: [u64; 4] = [4096, 65536, 1_048_576, 10_485_760];
 const OVERSIZE: usize = 4;
+
+/// A crate issue found by this model (issue 9): the room an Oversize growth may double into
+/// is read counting other threads' unused stocks as used, so at rest, with the worker's
+/// magazine holding a prepaid stock, a growth that DESIGN.md (and buf.rs's own docs) say
+/// doubles grows by exactly what is needed. `oversize_growth_at_rest_ignores_other_threads_stock`
+/// pins it (strictly); while this is `true`, the other tests accept that outcome (and only
+/// that, and only while the worker has a magazine). Set it to `false` once the crate is
+/// fixed.
+const KNOWN_ISSUE_ROOM_COUNTS_OTHER_STOCKS: bool = true;
 
 /// Most Huge or Oversize buffers outstanding in a pool without `max_live_bytes`.
 const MAX_BIG: usize = 4;
@@ -331,6 +355,35 @@ enum Op {
         keep: bool,
     },
     Trim,
+    /// `n` acquires in a row on the worker thread (registering its magazine on the first
+    /// that is charged), each buffer handed back to the main thread; then, if `cycle`, the
+    /// worker drops them again in order (fills, spills and refills its magazine).
+    WorkerAcquire {
+        tenant: Option<usize>,
+        size: usize,
+        fallible: bool,
+        n: usize,
+        cycle: bool,
+    },
+    /// `n` objects (a buffer, one `Bytes` handle of a frozen group, or a reservation) sent
+    /// to the worker thread one at a time, which drops them.
+    WorkerDrop {
+        target: Pick,
+        n: usize,
+    },
+    /// One object dropped on a fresh thread that never acquired: it has no magazine.
+    StrangerDrop {
+        target: Pick,
+    },
+    /// The worker exits and is joined: its magazine comes home. The next worker operation
+    /// starts a fresh worker.
+    WorkerExit,
+    /// The worker runs `rounds` cycles of "acquire 16 Small buffers, drop them all" while
+    /// the main thread takes snapshots until it is done; which path each slab takes is
+    /// timing-dependent, so the model re-synchronises after a trim.
+    RaceSnapshots {
+        rounds: usize,
+    },
 }
 
 fn via_strategy() -> impl Strategy<Value = Via> {
@@ -444,6 +497,40 @@ fn op_strategy() -> impl Strategy<Value = Op> {
                 keep,
             }),
         1 => Just(Op::Trim),
+        4 => (
+            prop::option::of(0..TENANTS),
+            prop_oneof![
+                2 => select(acquire_sizes()),
+                3 => select(vec![1, 4096, 4097, 65536]),
+            ],
+            any::<bool>(),
+            count_strategy(),
+            prop::bool::weighted(0.3),
+        )
+            .prop_map(|(tenant, size, fallible, n, cycle)| Op::WorkerAcquire {
+                tenant,
+                size,
+                fallible,
+                n,
+                cycle,
+            }),
+        4 => (pick_strategy(), count_strategy())
+            .prop_map(|(target, n)| Op::WorkerDrop { target, n }),
+        2 => pick_strategy().prop_map(|target| Op::StrangerDrop { target }),
+        1 => Just(Op::WorkerExit),
+        1 => (1..if cfg!(miri) { 2usize } else { 6 })
+            .prop_map(|rounds| Op::RaceSnapshots { rounds }),
+    ]
+}
+
+/// How many objects one worker operation acquires or drops: mostly one, sometimes enough
+/// to fill, spill and refill the worker's magazine.
+fn count_strategy() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        4 => Just(1usize),
+        2 => 2..if cfg!(miri) { 6usize } else { 9 },
+        // Past the 8 Small slots: a cycle spills.
+        1 => if cfg!(miri) { 9..11usize } else { 9..17 },
     ]
 }
 
@@ -475,38 +562,73 @@ struct Obj {
     refs: u32,
 }
 
-/// This thread's cache of slabs of every pooled class, in front of the shared lists
-/// (pool.rs: "each thread keeps up to 8 Small, 4 Medium, 2 Large and 1 Huge slab").
-/// Single-threaded, the test thread has exactly one per pool.
+/// A thread's magazine: its cache of slabs of every pooled class, in front of the shared
+/// lists (pool.rs: "each thread keeps up to 8 Small, 4 Medium, 2 Large and 1 Huge slab").
 const CACHE_SLOTS: [usize; 4] = [8, 4, 2, 1];
 
+/// The thread an operation runs on. Every thread that has acquired (or reserved, or grown a
+/// buffer) has one magazine for the pool, registered by that first charge; a thread that
+/// only ever dropped has none, and its drops go to the shared lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On {
+    /// The test thread: every operation but the worker's and strangers' runs here.
+    Main,
+    /// The persistent worker thread (a fresh one after `WorkerExit`).
+    Worker,
+    /// A fresh thread that only drops one object and exits: never a magazine.
+    Stranger,
+}
+
+impl On {
+    /// The index of the thread's magazine in `Idle::caches`, if it can have one.
+    fn cache(self) -> Option<usize> {
+        match self {
+            On::Main => Some(0),
+            On::Worker => Some(1),
+            On::Stranger => None,
+        }
+    }
+}
+
+/// One thread's magazine: slabs and units of idle budget held, per pooled class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Cache {
+    /// Slabs cached, per class.
+    cached: [usize; 4],
+    /// Units held, per class: never fewer than the slabs cached, at most one more (a
+    /// magazine keeps the unit of a slab it hands out, so the next return needs no shared
+    /// atomic), and at most `CACHE_SLOTS`.
+    held: [usize; 4],
+}
+
 /// Where slabs wait, and the idle budget they take. Both caps (`max_idle_per_class`,
-/// `max_idle_bytes`) are kept on *units*: one per slab on a shared list, and one per slab a
-/// thread cache holds plus at most one spare (a cache keeps the unit of a slab it hands out,
-/// so the next return needs no shared atomic; `trim` empties the cache and frees its units).
+/// `max_idle_bytes`) are kept on *units*: one per slab on a shared list, and the units each
+/// magazine holds (`trim` empties every magazine and frees its units; a magazine whose
+/// thread exits moves its slabs to the shared lists with their units and frees its spares).
 #[derive(Debug, Clone)]
 struct Idle {
     /// Slabs on the shared list, per pooled class.
     shared: [u64; 4],
-    /// Units taken per pooled class: shared slabs plus units held by the cache.
+    /// Units taken per pooled class: shared slabs plus units held by the magazines.
     units: [u64; 4],
-    /// Slabs in the cache, per class.
-    cached: [usize; 4],
-    /// Units the cache holds, per class: never fewer than its slabs.
-    held: [usize; 4],
+    /// The magazines of the main thread and of the worker (`On::cache`), once registered.
+    caches: [Option<Cache>; 2],
 }
 
 impl Idle {
     fn idle_slabs(&self) -> [u64; 4] {
         let mut idle = self.shared;
-        for (idle, cached) in idle.iter_mut().zip(self.cached) {
-            *idle += cached as u64;
+        for cache in self.caches.iter().flatten() {
+            for (idle, cached) in idle.iter_mut().zip(cache.cached) {
+                *idle += cached as u64;
+            }
         }
         idle
     }
 
     fn idle_bytes(&self) -> u64 {
-        (0..4).map(|c| self.idle_slabs()[c] * CLASS_CAP[c]).sum()
+        let idle = self.idle_slabs();
+        (0..4).map(|c| idle[c] * CLASS_CAP[c]).sum()
     }
 
     fn budget(&self) -> u64 {
@@ -537,14 +659,13 @@ struct Model {
     tenants: [TenantModel; TENANTS],
     objs: BTreeMap<u64, Obj>,
     next_obj: u64,
+    /// Predicts an Oversize growth as if a limit left less room than it does (the known
+    /// crate issue `KNOWN_ISSUE_ROOM_COUNTS_OTHER_STOCKS`): grows by exactly what is needed
+    /// whenever a limit applies.
+    room_errs_low: bool,
 }
 
 type ObjId = u64;
-
-/// The cache index of a class, if the thread caches it.
-fn cache_index(class: usize) -> Option<usize> {
-    (class < 4).then_some(class)
-}
 
 impl Model {
     fn new(s: Setup) -> Model {
@@ -559,9 +680,9 @@ impl Model {
             idle: Idle {
                 shared: [0; 4],
                 units: [0; 4],
-                cached: [0; 4],
-                held: [0; 4],
+                caches: [None; 2],
             },
+            room_errs_low: false,
             hits: [0; 4],
             misses: [0; 4],
             oversize: 0,
@@ -584,6 +705,13 @@ impl Model {
         PoolError::TooLarge { requested, max }
     }
 
+    /// The thread's magazine, registered on its first charge.
+    fn register(&mut self, on: On) {
+        if let Some(i) = on.cache() {
+            self.idle.caches[i].get_or_insert_with(Cache::default);
+        }
+    }
+
     /// A charge, all or nothing: the tenant first (overflow, then its hard limit), then
     /// the pool. A buffer of a pool without `max_live_bytes` is charged to its thread's
     /// figure, unchecked; everything else to the shared figure, within `max_live_bytes`
@@ -591,10 +719,14 @@ impl Model {
     /// allowed.
     fn charge(
         &mut self,
+        on: On,
         tenant: Option<usize>,
         bytes: u64,
         reservation: bool,
     ) -> Result<(), PoolError> {
+        // Any charge (acquire, growth, reservation; refused or not) registers the thread's
+        // magazine first.
+        self.register(on);
         if let Some(t) = tenant {
             let live = self.tenants[t].live;
             let Some(after) = live.checked_add(bytes) else {
@@ -687,17 +819,17 @@ impl Model {
         true
     }
 
-    /// A slab from the cache, else a refill of half its slots from the shared list (one
-    /// hit; the units of the moved slabs go to the cache, as many as it needs).
-    fn take_cached(&mut self, k: usize) -> bool {
-        let held = self.idle.held[k];
-        if self.idle.cached[k] > 0 {
-            self.idle.cached[k] -= 1;
+    /// A slab from the magazine, else a refill of half its slots from the shared list (one
+    /// hit; the units of the moved slabs go to the magazine, as many as it needs).
+    fn take_cached(&mut self, c: &mut Cache, k: usize) -> bool {
+        let held = c.held[k];
+        if c.cached[k] > 0 {
+            c.cached[k] -= 1;
             self.hits[k] += 1;
             // At most one unit beyond the idle slabs: the spare units go back.
-            let keep = self.idle.cached[k] + 1;
+            let keep = c.cached[k] + 1;
             if held > keep {
-                self.idle.held[k] = keep;
+                c.held[k] = keep;
                 self.idle.units[k] -= (held - keep) as u64;
             }
             return true;
@@ -709,46 +841,53 @@ impl Model {
         self.idle.shared[k] -= take as u64;
         self.hits[k] += 1;
         let moved = take - 1;
-        self.idle.held[k] = moved + 1;
+        c.held[k] = moved + 1;
         self.idle.units[k] -= held as u64;
-        self.idle.cached[k] = moved;
+        c.cached[k] = moved;
         true
     }
 
-    /// A returned slab into the cache: a spare unit, else (after spilling the upper half of
-    /// a full cache to the shared list) a newly reserved unit. False: no room.
-    fn give_cached(&mut self, k: usize) -> bool {
-        let mut held = self.idle.held[k];
-        if self.idle.cached[k] < held {
-            self.idle.cached[k] += 1;
+    /// A returned slab into the magazine: a spare unit, else (after spilling the upper half
+    /// of a full magazine to the shared list) a newly reserved unit. False: no room.
+    fn give_cached(&mut self, c: &mut Cache, k: usize) -> bool {
+        let mut held = c.held[k];
+        if c.cached[k] < held {
+            c.cached[k] += 1;
             return true;
         }
         if held == CACHE_SLOTS[k] {
             // Full (as many slabs as units): the upper half moves, units and all.
             let keep = held / 2;
             self.idle.shared[k] += (held - keep) as u64;
-            self.idle.cached[k] = keep;
+            c.cached[k] = keep;
             held = keep;
-            self.idle.held[k] = held;
+            c.held[k] = held;
         }
         if !self.reserve_unit(k) {
             return false;
         }
-        self.idle.held[k] = held + 1;
-        self.idle.cached[k] += 1;
+        c.held[k] = held + 1;
+        c.cached[k] += 1;
         true
     }
 
-    /// A slab for a buffer: a hit (cache, then shared list), a miss, or an Oversize
-    /// allocation.
-    fn take(&mut self, class: usize) {
+    /// A slab for a buffer taken on thread `on`: a hit (its magazine, then the shared list),
+    /// a miss, or an Oversize allocation.
+    fn take(&mut self, class: usize, on: On) {
         self.outstanding[class] += 1;
         if class == OVERSIZE {
             self.oversize += 1;
             return;
         }
-        if cache_index(class).is_some_and(|k| self.take_cached(k)) {
-            return;
+        if let Some(i) = on.cache() {
+            if let Some(mut c) = self.idle.caches[i] {
+                let hit = self.take_cached(&mut c, class);
+                self.idle.caches[i] = Some(c);
+                if !hit {
+                    self.misses[class] += 1; // the shared list is empty too
+                }
+                return;
+            }
         }
         if self.idle.shared[class] > 0 {
             self.idle.shared[class] -= 1;
@@ -759,16 +898,23 @@ impl Model {
         }
     }
 
-    /// A slab coming back from a buffer: into the cache, onto the shared list, or freed
-    /// (discarded) when the caps have no room; Oversize slabs are always freed.
-    fn release(&mut self, class: usize, cap: u64) {
+    /// A slab coming back from a buffer on thread `on`: into its magazine, onto the shared
+    /// list, or freed (discarded) when the caps have no room; Oversize slabs, and slabs not
+    /// of their class's capacity, are always freed.
+    fn release(&mut self, class: usize, cap: u64, on: On) {
         self.outstanding[class] -= 1;
         if class == OVERSIZE || cap != CLASS_CAP[class] {
             self.discarded[class] += 1;
             return;
         }
-        if cache_index(class).is_some_and(|k| self.give_cached(k)) {
-            return;
+        if let Some(i) = on.cache() {
+            if let Some(mut c) = self.idle.caches[i] {
+                let given = self.give_cached(&mut c, class);
+                self.idle.caches[i] = Some(c);
+                if given {
+                    return;
+                }
+            }
         }
         if self.reserve_unit(class) {
             self.idle.shared[class] += 1;
@@ -777,7 +923,12 @@ impl Model {
         }
     }
 
-    fn acquire(&mut self, tenant: Option<usize>, requested: usize) -> Result<ObjId, PoolError> {
+    fn acquire(
+        &mut self,
+        on: On,
+        tenant: Option<usize>,
+        requested: usize,
+    ) -> Result<ObjId, PoolError> {
         let n = requested as u64;
         if n > self.s.max_request {
             return Err(self.too_large(n, self.s.max_request));
@@ -788,8 +939,8 @@ impl Model {
         } else {
             CLASS_CAP[class]
         };
-        self.charge(tenant, cap, false)?;
-        self.take(class);
+        self.charge(on, tenant, cap, false)?;
+        self.take(class, on);
         self.count_soft(tenant);
         if let Some(t) = tenant {
             self.tenants[t].buffers += 1;
@@ -828,8 +979,11 @@ impl Model {
             // At least doubling, unless the doubling alone would not fit the room the
             // limits leave: then exactly what is needed.
             let doubled = o.cap.saturating_mul(2).min(max).max(needed);
+            // The room at rest, whatever other threads hold prepaid (DESIGN.md, "Exact from
+            // any thread"; see `oversize_growth_at_rest_ignores_other_threads_stock`).
             let room = self.room(o.tenant);
-            if doubled > needed && doubled - o.charged > room {
+            let low = self.room_errs_low && room != u64::MAX;
+            if doubled > needed && (low || doubled - o.charged > room) {
                 needed
             } else {
                 doubled
@@ -839,19 +993,20 @@ impl Model {
         };
         let extra = cap - o.charged;
         // A growth step's refusal names the buffer's whole new capacity as `needed`.
-        self.charge(o.tenant, extra, false).map_err(|mut err| {
-            if let PoolError::TenantHardLimit { needed, .. } | PoolError::PoolLimit { needed, .. } =
-                &mut err
-            {
-                *needed = cap;
-            }
-            err
-        })?;
+        self.charge(On::Main, o.tenant, extra, false)
+            .map_err(|mut err| {
+                if let PoolError::TenantHardLimit { needed, .. }
+                | PoolError::PoolLimit { needed, .. } = &mut err
+                {
+                    *needed = cap;
+                }
+                err
+            })?;
         if class == OVERSIZE && o.class == OVERSIZE {
             self.oversize += 1; // grown in place: a new Oversize allocation, same buffer
         } else {
-            self.take(class);
-            self.release(o.class, o.cap);
+            self.take(class, On::Main);
+            self.release(o.class, o.cap, On::Main);
         }
         self.count_soft(o.tenant);
         self.promotions += 1;
@@ -945,10 +1100,10 @@ impl Model {
         o.len = o.len.min(to);
     }
 
-    /// The last owner of a buffer dropped.
-    fn drop_obj(&mut self, id: ObjId) {
+    /// The last owner of a buffer dropped, on thread `on`.
+    fn drop_obj(&mut self, id: ObjId, on: On) {
         let o = self.objs.remove(&id).unwrap();
-        self.release(o.class, o.cap);
+        self.release(o.class, o.cap, on);
         self.debit(o.tenant, o.charged, false);
         if let Some(t) = o.tenant {
             self.tenants[t].buffers -= 1;
@@ -967,7 +1122,7 @@ impl Model {
     }
 
     fn reserve(&mut self, t: usize, bytes: u64) -> Result<(), PoolError> {
-        self.charge(Some(t), bytes, true)?;
+        self.charge(On::Main, Some(t), bytes, true)?;
         self.count_soft(Some(t));
         self.reserved += bytes;
         Ok(())
@@ -984,17 +1139,35 @@ impl Model {
         self.s.max_live.is_none() && self.objs.values().filter(|o| o.class >= 3).count() > MAX_BIG
     }
 
-    /// Frees every idle slab, shared or cached, with every unit of idle budget they held
-    /// (the cache's spare ones too: no memory is behind them).
+    /// Frees every idle slab, shared or cached by any thread, with every unit of idle
+    /// budget they held (the magazines' spare ones too: no memory is behind them). The
+    /// magazines stay registered, empty.
     fn trim(&mut self) -> u64 {
         let freed = self.idle.idle_bytes();
         for c in 0..4 {
-            self.idle.units[c] -= self.idle.shared[c] + self.idle.held[c] as u64;
+            self.idle.units[c] -= self.idle.shared[c];
             self.idle.shared[c] = 0;
         }
-        self.idle.cached = [0; 4];
-        self.idle.held = [0; 4];
+        for cache in self.idle.caches.iter_mut().flatten() {
+            for c in 0..4 {
+                self.idle.units[c] -= cache.held[c] as u64;
+            }
+            *cache = Cache::default();
+        }
         freed
+    }
+
+    /// The worker thread exits: its magazine comes home. Every slab it caches moves to its
+    /// class's shared list with its unit, its spare units go back to the budget (its hit
+    /// and return counts stay counted). The next worker starts with no magazine.
+    fn retire_worker(&mut self) {
+        let Some(c) = self.idle.caches[1].take() else {
+            return;
+        };
+        for k in 0..4 {
+            self.idle.shared[k] += c.cached[k] as u64;
+            self.idle.units[k] -= (c.held[k] - c.cached[k]) as u64;
+        }
     }
 
     fn figures(&self) -> Figures {
@@ -1224,23 +1397,34 @@ fn install_quiet_panic_hook() {
     });
 }
 
-/// Runs `f`, which must panic with a message that names `try_form` and carries `err`.
-fn expect_panic<R>(f: impl FnOnce() -> R, err: &PoolError, try_form: &str, ctx: Ctx<'_>) {
+/// Runs `f` with the panic hook quiet on this thread: its value, or its panic's message.
+fn catch_quiet<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     EXPECTING_PANIC.with(|e| e.set(true));
     let result = panic::catch_unwind(AssertUnwindSafe(f));
     EXPECTING_PANIC.with(|e| e.set(false));
-    let Err(payload) = result else {
-        panic!("{ctx}: expected a panic naming {try_form} ({err})");
-    };
-    let message = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_default();
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default()
+    })
+}
+
+/// Asserts that a panic's `message` names `try_form` and says `err`.
+fn assert_refusal_message(message: &str, err: &PoolError, try_form: &str, ctx: Ctx<'_>) {
     assert!(
         message.contains(try_form) && message.contains(&err.to_string()),
         "{ctx}: panic message {message:?} should name {try_form} and say {err}"
     );
+}
+
+/// Runs `f`, which must panic with a message that names `try_form` and carries `err`.
+fn expect_panic<R>(f: impl FnOnce() -> R, err: &PoolError, try_form: &str, ctx: Ctx<'_>) {
+    match catch_quiet(f) {
+        Ok(_) => panic!("{ctx}: expected a panic naming {try_form} ({err})"),
+        Err(message) => assert_refusal_message(&message, err, try_form, ctx),
+    }
 }
 
 fn io_pool_error(err: &std::io::Error) -> &PoolError {
@@ -1263,11 +1447,122 @@ fn is_bytes(h: &Handle) -> bool {
     matches!(h, Handle::Bytes { .. })
 }
 
+// ---------------------------------------------------------------------------------------
+// Other threads
+// ---------------------------------------------------------------------------------------
+
+type Job = Box<dyn FnOnce() -> Box<dyn Any + Send> + Send>;
+
+/// The persistent worker thread: it runs one job at a time, sent by the main thread, which
+/// waits for the answer (`run`), so operations stay one at a time; `start` / `finish` let
+/// the main thread work meanwhile (the race). A job's panic is carried back to the main
+/// thread.
+struct Worker {
+    jobs: Option<mpsc::Sender<Job>>,
+    answers: mpsc::Receiver<thread::Result<Box<dyn Any + Send>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn spawn() -> Worker {
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let (outbox, answers) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name("model-worker".to_owned())
+            .spawn(move || {
+                for job in inbox {
+                    let answer = panic::catch_unwind(AssertUnwindSafe(job));
+                    if outbox.send(answer).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn the worker thread");
+        Worker {
+            jobs: Some(jobs),
+            answers,
+            thread: Some(thread),
+        }
+    }
+
+    fn start<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) {
+        let job: Job = Box::new(move || Box::new(job()) as Box<dyn Any + Send>);
+        self.jobs
+            .as_ref()
+            .unwrap()
+            .send(job)
+            .expect("the worker thread is gone");
+    }
+
+    fn finish<R: 'static>(&self) -> R {
+        match self.answers.recv().expect("the worker thread is gone") {
+            Ok(answer) => *answer.downcast::<R>().expect("the job's answer"),
+            Err(payload) => panic::resume_unwind(payload),
+        }
+    }
+
+    /// Runs `job` on the worker and waits for its answer.
+    fn run<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> R {
+        self.start(job);
+        self.finish()
+    }
+
+    /// Lets the thread exit (its thread-locals, the magazine among them, are destroyed)
+    /// and joins it.
+    fn exit(mut self) {
+        self.jobs = None;
+        if let Err(payload) = self.thread.take().unwrap().join() {
+            panic::resume_unwind(payload);
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs `f` on a fresh thread (which never acquired anything) and joins it.
+fn on_stranger(f: impl FnOnce() + Send + 'static) {
+    if let Err(payload) = thread::spawn(f).join() {
+        panic::resume_unwind(payload);
+    }
+}
+
+/// What the worker's acquire gave.
+enum Acquired {
+    Buf(PooledBuf),
+    Refused(PoolError),
+    /// `acquire` panicked, with this message.
+    Panicked(String),
+}
+
+/// A figure the race may move (the Small class's slab path, the live figure read while
+/// charges move): masked before the rest is compared exactly.
+fn mask_race(mut f: Figures) -> Figures {
+    f.hits[0] = 0;
+    f.misses[0] = 0;
+    f.idle_slabs[0] = 0;
+    f.idle_bytes = 0;
+    f.discarded[0] = 0;
+    f.outstanding[0] = 0;
+    f.live_bytes = 0;
+    f
+}
+
 struct World {
     pool: BufferPool,
     tenants: Vec<Tenant>,
     model: Model,
     handles: Vec<Handle>,
+    /// Dropped last (fields drop in order): joins the worker thread.
+    worker: Option<Worker>,
+    /// Accept the outcome of `KNOWN_ISSUE_ROOM_COUNTS_OTHER_STOCKS` (false: DESIGN.md only).
+    tolerate_room_issue: bool,
 }
 
 impl World {
@@ -1283,7 +1578,10 @@ impl World {
             .max_idle_per_class(s.idle_per_class as usize)
             .max_idle_bytes(s.idle_bytes)
             .max_request_bytes(s.max_request as usize)
-            .zero_on_release(knobs.zero_on_release);
+            .zero_on_release(knobs.zero_on_release)
+            // The model frees idle slabs only when asked (`trim`): none by age, however
+            // long a case runs (a Miri case can outlast the default timeout).
+            .idle_timeout(None);
         if let Some(max_live) = s.max_live {
             builder = builder.max_live_bytes(max_live);
         }
@@ -1300,6 +1598,8 @@ impl World {
             tenants,
             model: Model::new(s),
             handles: Vec::new(),
+            worker: None,
+            tolerate_room_issue: KNOWN_ISSUE_ROOM_COUNTS_OTHER_STOCKS,
         }
     }
 
@@ -1343,28 +1643,44 @@ impl World {
         }
     }
 
+    /// The worker thread, started if none runs.
+    fn worker(&mut self) -> &Worker {
+        self.worker.get_or_insert_with(Worker::spawn)
+    }
+
     /// Removes handle `pos` and lets the model know what its drop returns.
     fn drop_handle(&mut self, pos: usize) {
-        match self.handles.remove(pos) {
-            Handle::Buf { buf, obj } => {
-                drop(buf);
-                self.model.drop_obj(obj);
+        self.drop_handle_on(pos, On::Main);
+    }
+
+    /// Removes handle `pos`, drops it on thread `on`, and lets the model know what its
+    /// drop returned there.
+    fn drop_handle_on(&mut self, pos: usize, on: On) {
+        let handle = self.handles.remove(pos);
+        let (obj, reservation) = match &handle {
+            Handle::Buf { obj, .. } => (Some(*obj), None),
+            Handle::Bytes { obj, .. } => (*obj, None),
+            Handle::Res { res, tenant } => (None, Some((*tenant, res.bytes()))),
+        };
+        let last = match &handle {
+            Handle::Buf { .. } => true,
+            Handle::Bytes { obj, .. } => obj.is_some_and(|id| self.model.objs[&id].refs == 1),
+            Handle::Res { .. } => false,
+        };
+        match on {
+            On::Main => drop(handle),
+            On::Worker => self.worker().run(move || drop(handle)),
+            On::Stranger => on_stranger(move || drop(handle)),
+        }
+        if let Some(id) = obj {
+            if last {
+                self.model.drop_obj(id, on);
+            } else {
+                self.model.objs.get_mut(&id).unwrap().refs -= 1;
             }
-            Handle::Bytes { bytes, obj, .. } => {
-                drop(bytes);
-                if let Some(id) = obj {
-                    let o = self.model.objs.get_mut(&id).unwrap();
-                    o.refs -= 1;
-                    if o.refs == 0 {
-                        self.model.drop_obj(id);
-                    }
-                }
-            }
-            Handle::Res { res, tenant } => {
-                let bytes = res.bytes();
-                drop(res);
-                self.model.unreserve(tenant, bytes);
-            }
+        }
+        if let Some((tenant, bytes)) = reservation {
+            self.model.unreserve(tenant, bytes);
         }
     }
 
@@ -1380,7 +1696,7 @@ impl World {
                 fresh_handle,
             } => {
                 let mut next = self.model.clone();
-                let predicted = next.acquire(tenant, size);
+                let predicted = next.acquire(On::Main, tenant, size);
                 if next.too_many_big() {
                     return;
                 }
@@ -1514,6 +1830,21 @@ impl World {
                 if next.too_many_big() {
                     return;
                 }
+                // The known issue's outcome, where it differs (a smaller charge: it succeeds
+                // whenever the prediction does).
+                let low = (self.tolerate_room_issue
+                    && predicted.is_ok()
+                    && self.model.idle.caches[1].is_some())
+                .then(|| {
+                    let mut low = self.model.clone();
+                    low.room_errs_low = true;
+                    let result = low.try_reserve(obj, additional);
+                    low.room_errs_low = false;
+                    (low, result)
+                })
+                .filter(|(low, result)| {
+                    result.is_ok() && low.objs[&obj].cap != next.objs[&obj].cap
+                });
                 match (&predicted, panicking) {
                     (Ok(()), true) => buf.reserve(additional),
                     (Err(err), true) => {
@@ -1521,6 +1852,11 @@ impl World {
                     }
                     (_, false) => {
                         assert_eq!(buf.try_reserve(additional), predicted, "{ctx}")
+                    }
+                }
+                if let Some((low, _)) = low {
+                    if buf.capacity() as u64 == low.objs[&obj].cap {
+                        next = low;
                     }
                 }
                 self.model = next;
@@ -1744,7 +2080,186 @@ impl World {
                 let want = self.model.trim();
                 assert_eq!(self.pool.trim(), want, "{ctx}: trim()");
             }
+            Op::WorkerAcquire {
+                tenant,
+                size,
+                fallible,
+                n,
+                cycle,
+            } => {
+                let first = self.handles.len();
+                for i in 0..n {
+                    if i > 0 && !cfg!(miri) {
+                        self.check(Ctx::step(step, op, "acquired on the worker"));
+                    }
+                    let mut next = self.model.clone();
+                    let predicted = next.acquire(On::Worker, tenant, size);
+                    if next.too_many_big() {
+                        break;
+                    }
+                    let pool = self.pool.clone();
+                    let handle = tenant.map(|t| self.tenants[t].clone());
+                    let acquired = self.worker().run(move || {
+                        if fallible {
+                            let got = match &handle {
+                                Some(t) => t.try_acquire(size),
+                                None => pool.try_acquire(size),
+                            };
+                            return got.map_or_else(Acquired::Refused, Acquired::Buf);
+                        }
+                        let got = catch_quiet(|| match &handle {
+                            Some(t) => t.acquire(size),
+                            None => pool.acquire(size),
+                        });
+                        got.map_or_else(Acquired::Panicked, Acquired::Buf)
+                    });
+                    self.model = next;
+                    match (predicted, acquired) {
+                        (Ok(obj), Acquired::Buf(buf)) => {
+                            assert_buf(&buf, &self.model.objs[&obj], ctx);
+                            self.handles.push(Handle::Buf { buf, obj });
+                        }
+                        (Err(want), Acquired::Refused(got)) => assert_eq!(got, want, "{ctx}"),
+                        (Err(want), Acquired::Panicked(message)) => {
+                            assert_refusal_message(&message, &want, "try_acquire", ctx)
+                        }
+                        (want, Acquired::Buf(got)) => {
+                            panic!("{ctx}: model says {want:?}, the worker got {got:?}")
+                        }
+                        (want, Acquired::Refused(got)) => {
+                            panic!("{ctx}: model says {want:?}, the worker got {got:?}")
+                        }
+                        (want, Acquired::Panicked(got)) => {
+                            panic!("{ctx}: model says {want:?}, the worker panicked: {got}")
+                        }
+                    }
+                }
+                while cycle && self.handles.len() > first {
+                    if !cfg!(miri) {
+                        self.check(Ctx::step(step, op, "acquired on the worker"));
+                    }
+                    self.drop_handle_on(first, On::Worker);
+                }
+            }
+            Op::WorkerDrop { target, n } => {
+                for i in 0..n {
+                    let Some(pos) = pick(&self.handles, target, |_| true) else {
+                        return;
+                    };
+                    if i > 0 && !cfg!(miri) {
+                        self.check(Ctx::step(step, op, "dropped on the worker"));
+                    }
+                    self.drop_handle_on(pos, On::Worker);
+                }
+            }
+            Op::StrangerDrop { target } => {
+                if let Some(pos) = pick(&self.handles, target, |_| true) {
+                    self.drop_handle_on(pos, On::Stranger);
+                }
+            }
+            Op::WorkerExit => {
+                if let Some(worker) = self.worker.take() {
+                    worker.exit();
+                }
+                self.model.retire_worker();
+            }
+            Op::RaceSnapshots { rounds } => self.race(rounds, ctx),
         }
+    }
+
+    /// `RaceSnapshots`: the worker cycles Small buffers through its magazine while this
+    /// thread takes snapshots; each must keep the idle caps and count every idle slab once.
+    fn race(&mut self, rounds: usize, ctx: Ctx<'_>) {
+        const BATCH: usize = 16;
+        let small = CLASS_CAP[0];
+        // The worker's acquires must not be refused: skip when `max_live_bytes` leaves no
+        // room for a whole batch.
+        if self.model.room(None) < BATCH as u64 * small {
+            return;
+        }
+        let before = self.model.figures();
+        let done = Arc::new(AtomicBool::new(false));
+        let pool = self.pool.clone();
+        let flag = Arc::clone(&done);
+        self.worker().start(move || {
+            /// Sets the flag however the job ends, so the main thread never spins forever.
+            struct Done(Arc<AtomicBool>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+            let _done = Done(flag);
+            for _ in 0..rounds {
+                let bufs: Vec<PooledBuf> =
+                    (0..BATCH).map(|_| pool.acquire(small as usize)).collect();
+                drop(bufs);
+            }
+        });
+        let (s, masked) = (self.model.s, mask_race(self.model.figures()));
+        let mut snapshots = 0u64;
+        loop {
+            let finished = done.load(Ordering::Acquire);
+            let snap = self.pool.snapshot();
+            snapshots += 1;
+            let idle = per_class::<4>(&snap.idle_slabs, "idle_slabs");
+            let sum: u64 = (0..4).map(|c| idle[c] * CLASS_CAP[c]).sum();
+            let figures = mask_race(figures_of(&snap));
+            // (Formatted only on failure: this loop runs as fast as it can.)
+            let fail =
+                |what: &str| panic!("{ctx}: snapshot {snapshots} of the race: {what}: {snap:?}");
+            if idle[0] > s.idle_per_class {
+                fail("Small idle slabs past max_idle_per_class");
+            }
+            if snap.idle_bytes > s.idle_bytes {
+                fail("idle_bytes past max_idle_bytes");
+            }
+            if snap.idle_bytes != sum {
+                fail("idle_bytes is not the sum of the idle slabs' capacities");
+            }
+            if figures != masked {
+                fail(&format!(
+                    "a figure the race cannot move moved: {figures:?} != {masked:?}"
+                ));
+            }
+            if finished {
+                break;
+            }
+        }
+        self.worker().finish::<()>();
+        // At rest: everything but the Small slabs' path is as the model says.
+        let snap = self.pool.snapshot();
+        let got = figures_of(&snap);
+        assert_eq!(
+            mask_race(figures_of(&snap)),
+            masked,
+            "{ctx}: after the race"
+        );
+        assert_eq!(got.live_bytes, before.live_bytes, "{ctx}: after the race");
+        assert_eq!(
+            got.outstanding[0], before.outstanding[0],
+            "{ctx}: after the race"
+        );
+        let (hits, misses) = (
+            got.hits[0] - before.hits[0],
+            got.misses[0] - before.misses[0],
+        );
+        assert_eq!(
+            hits + misses,
+            (rounds * BATCH) as u64,
+            "{ctx}: every acquisition of the race is one hit or one miss"
+        );
+        assert_eq!(
+            self.pool.trim(),
+            snap.idle_bytes,
+            "{ctx}: trim() after the race"
+        );
+        // Re-synchronise: the observed Small deltas, and everything idle freed.
+        self.model.register(On::Worker);
+        self.model.hits[0] = got.hits[0];
+        self.model.misses[0] = got.misses[0];
+        self.model.discarded[0] = got.discarded[0];
+        self.model.trim();
     }
 }
 
@@ -1792,8 +2307,14 @@ fn knobs_strategy() -> impl Strategy<Value = Knobs> {
 }
 
 fn run(knobs: Knobs, ops: &[Op]) {
+    run_with(knobs, ops, KNOWN_ISSUE_ROOM_COUNTS_OTHER_STOCKS);
+}
+
+/// `run`, accepting the outcome of the known crate issue or not.
+fn run_with(knobs: Knobs, ops: &[Op], tolerate_room_issue: bool) {
     install_quiet_panic_hook();
     let mut world = World::new(knobs);
+    world.tolerate_room_issue = tolerate_room_issue;
     world.check(Ctx::at("after setup"));
     for (step, op) in ops.iter().enumerate() {
         world.apply(step, op);
@@ -1957,6 +2478,79 @@ fn model_walkthrough() {
     }
 }
 
+/// A fixed walk through the thread paths: drops on a thread with no magazine (the test
+/// thread before its first acquire, a stranger, a fresh worker), the worker's magazine
+/// filling, spilling and refilling, a frozen group's handles dropped on three threads, a
+/// reservation dropped on the worker, the worker's exit with slabs cached, and the race.
+#[test]
+#[cfg_attr(
+    panic = "abort",
+    ignore = "checks the state after catch_unwind, which panic=abort cannot do"
+)]
+fn threads_walkthrough() {
+    let i = Pick;
+    let worker_acquire = |tenant, n, cycle| Op::WorkerAcquire {
+        tenant,
+        size: 4096,
+        fallible: false,
+        n,
+        cycle,
+    };
+    let ops = vec![
+        // Three buffers from the worker (its magazine registers); the test thread has none
+        // yet, so its drop goes to the shared list, as the stranger's does.
+        worker_acquire(Some(0), 3, false),
+        Op::Drop { target: i(0) },
+        Op::StrangerDrop { target: i(0) },
+        Op::WorkerDrop { target: i(0), n: 1 },
+        // The test thread's first acquire registers its magazine: a refill from the list.
+        Op::Acquire {
+            tenant: Some(1),
+            size: 1,
+            fallible: false,
+            fresh_handle: false,
+        },
+        // Fill, spill and refill the worker's magazine.
+        worker_acquire(None, 12, true),
+        worker_acquire(Some(2), 10, true),
+        // A frozen group: one handle dropped on each thread, the last on the worker.
+        Op::Freeze {
+            target: i(0),
+            via_from: false,
+        },
+        Op::CloneBytes { target: i(0) },
+        Op::CloneBytes { target: i(0) },
+        Op::StrangerDrop { target: i(0) },
+        Op::Drop { target: i(0) },
+        Op::WorkerDrop { target: i(0), n: 1 },
+        Op::Reserve {
+            tenant: 0,
+            bytes: 4096,
+            fallible: false,
+        },
+        Op::WorkerDrop { target: i(0), n: 1 },
+        // The worker exits with slabs cached; a fresh worker has no magazine.
+        worker_acquire(Some(0), 2, false),
+        Op::WorkerExit,
+        Op::WorkerDrop { target: i(0), n: 2 },
+        Op::RaceSnapshots {
+            rounds: if cfg!(miri) { 1 } else { 2 },
+        },
+        worker_acquire(None, 3, true),
+        Op::Trim,
+        Op::WorkerExit,
+    ];
+    for idle_per_class in [64, SETUP.idle_per_class] {
+        let knobs = Knobs {
+            zero_on_release: false,
+            idle_per_class,
+            idle_bytes: SETUP.idle_bytes,
+            max_live: SETUP.max_live,
+        };
+        run(knobs, &ops);
+    }
+}
+
 /// `read_from` whose reader ends exactly where the buffer is full needs no room: nothing
 /// may be promoted, charged or taken from the pool (DESIGN.md: only a write *past* the
 /// capacity promotes).
@@ -1999,4 +2593,56 @@ fn read_from_at_end_of_file_at_max_request_bytes_succeeds() {
     );
     assert_eq!(&buf[..], &frame[..]);
     assert_eq!(pool.snapshot().too_large_total, 0);
+}
+
+/// Another thread's unused stock must not shrink an Oversize growth at rest (DESIGN.md,
+/// "Exact from any thread": stocks never make a limit bite before it is reached; buf.rs:
+/// grow by exactly `needed` only "when the doubling alone would not fit the room the limits
+/// leave"). The worker's one acquire leaves it a prepaid pool stock; live bytes are then
+/// exactly 52 MiB of a 64 MiB `max_live_bytes`, so doubling the 12 MiB buffer (12 MiB more)
+/// fits exactly and the buffer must grow to 24 MiB.
+#[test]
+#[ignore = "crate issue (issue 9): the room for an Oversize growth counts other threads' \
+            stocks as used, so at rest the buffer grows to 12 MiB + 1 instead of 24 MiB"]
+fn oversize_growth_at_rest_ignores_other_threads_stock() {
+    if cfg!(miri) {
+        return; // Miri's pool has no Oversize class below max_request_bytes
+    }
+    let ops = [
+        Op::WorkerAcquire {
+            tenant: None,
+            size: 1,
+            fallible: true,
+            n: 1,
+            cycle: false,
+        },
+        Op::WorkerDrop {
+            target: Pick(0),
+            n: 1,
+        },
+        Op::Acquire {
+            tenant: None,
+            size: 40 * MIB,
+            fallible: true,
+            fresh_handle: false,
+        },
+        Op::Acquire {
+            tenant: None,
+            size: 12 * MIB,
+            fallible: true,
+            fresh_handle: false,
+        },
+        Op::TryReserve {
+            target: Pick(1),
+            additional: Additional::PastCapacity,
+            panicking: false,
+        },
+    ];
+    let knobs = Knobs {
+        zero_on_release: false,
+        idle_per_class: SETUP.idle_per_class,
+        idle_bytes: SETUP.idle_bytes,
+        max_live: SETUP.max_live,
+    };
+    run_with(knobs, &ops, false);
 }
