@@ -58,15 +58,6 @@ const MIB: usize = 1024 * KIB;
 const CLASS_CAP: [u64; 4] = [4096, 65536, 1_048_576, 10_485_760];
 const OVERSIZE: usize = 4;
 
-/// A crate issue found by this model (issue 9): the room an Oversize growth may double into
-/// is read counting other threads' unused stocks as used, so at rest, with the worker's
-/// magazine holding a prepaid stock, a growth that DESIGN.md (and buf.rs's own docs) say
-/// doubles grows by exactly what is needed. `oversize_growth_at_rest_ignores_other_threads_stock`
-/// pins it (strictly); while this is `true`, the other tests accept that outcome (and only
-/// that, and only while the worker has a magazine). Set it to `false` once the crate is
-/// fixed.
-const KNOWN_ISSUE_ROOM_COUNTS_OTHER_STOCKS: bool = true;
-
 /// Most Huge or Oversize buffers outstanding in a pool without `max_live_bytes`.
 const MAX_BIG: usize = 4;
 
@@ -659,10 +650,6 @@ struct Model {
     tenants: [TenantModel; TENANTS],
     objs: BTreeMap<u64, Obj>,
     next_obj: u64,
-    /// Predicts an Oversize growth as if a limit left less room than it does (the known
-    /// crate issue `KNOWN_ISSUE_ROOM_COUNTS_OTHER_STOCKS`): grows by exactly what is needed
-    /// whenever a limit applies.
-    room_errs_low: bool,
 }
 
 type ObjId = u64;
@@ -682,7 +669,6 @@ impl Model {
                 units: [0; 4],
                 caches: [None; 2],
             },
-            room_errs_low: false,
             hits: [0; 4],
             misses: [0; 4],
             oversize: 0,
@@ -982,8 +968,7 @@ impl Model {
             // The room at rest, whatever other threads hold prepaid (DESIGN.md, "Exact from
             // any thread"; see `oversize_growth_at_rest_ignores_other_threads_stock`).
             let room = self.room(o.tenant);
-            let low = self.room_errs_low && room != u64::MAX;
-            if doubled > needed && (low || doubled - o.charged > room) {
+            if doubled > needed && doubled - o.charged > room {
                 needed
             } else {
                 doubled
@@ -1561,8 +1546,6 @@ struct World {
     handles: Vec<Handle>,
     /// Dropped last (fields drop in order): joins the worker thread.
     worker: Option<Worker>,
-    /// Accept the outcome of `KNOWN_ISSUE_ROOM_COUNTS_OTHER_STOCKS` (false: DESIGN.md only).
-    tolerate_room_issue: bool,
 }
 
 impl World {
@@ -1599,7 +1582,6 @@ impl World {
             model: Model::new(s),
             handles: Vec::new(),
             worker: None,
-            tolerate_room_issue: KNOWN_ISSUE_ROOM_COUNTS_OTHER_STOCKS,
         }
     }
 
@@ -1830,21 +1812,6 @@ impl World {
                 if next.too_many_big() {
                     return;
                 }
-                // The known issue's outcome, where it differs (a smaller charge: it succeeds
-                // whenever the prediction does).
-                let low = (self.tolerate_room_issue
-                    && predicted.is_ok()
-                    && self.model.idle.caches[1].is_some())
-                .then(|| {
-                    let mut low = self.model.clone();
-                    low.room_errs_low = true;
-                    let result = low.try_reserve(obj, additional);
-                    low.room_errs_low = false;
-                    (low, result)
-                })
-                .filter(|(low, result)| {
-                    result.is_ok() && low.objs[&obj].cap != next.objs[&obj].cap
-                });
                 match (&predicted, panicking) {
                     (Ok(()), true) => buf.reserve(additional),
                     (Err(err), true) => {
@@ -1852,11 +1819,6 @@ impl World {
                     }
                     (_, false) => {
                         assert_eq!(buf.try_reserve(additional), predicted, "{ctx}")
-                    }
-                }
-                if let Some((low, _)) = low {
-                    if buf.capacity() as u64 == low.objs[&obj].cap {
-                        next = low;
                     }
                 }
                 self.model = next;
@@ -2307,14 +2269,8 @@ fn knobs_strategy() -> impl Strategy<Value = Knobs> {
 }
 
 fn run(knobs: Knobs, ops: &[Op]) {
-    run_with(knobs, ops, KNOWN_ISSUE_ROOM_COUNTS_OTHER_STOCKS);
-}
-
-/// `run`, accepting the outcome of the known crate issue or not.
-fn run_with(knobs: Knobs, ops: &[Op], tolerate_room_issue: bool) {
     install_quiet_panic_hook();
     let mut world = World::new(knobs);
-    world.tolerate_room_issue = tolerate_room_issue;
     world.check(Ctx::at("after setup"));
     for (step, op) in ops.iter().enumerate() {
         world.apply(step, op);
@@ -2602,8 +2558,6 @@ fn read_from_at_end_of_file_at_max_request_bytes_succeeds() {
 /// exactly 52 MiB of a 64 MiB `max_live_bytes`, so doubling the 12 MiB buffer (12 MiB more)
 /// fits exactly and the buffer must grow to 24 MiB.
 #[test]
-#[ignore = "crate issue (issue 9): the room for an Oversize growth counts other threads' \
-            stocks as used, so at rest the buffer grows to 12 MiB + 1 instead of 24 MiB"]
 fn oversize_growth_at_rest_ignores_other_threads_stock() {
     if cfg!(miri) {
         return; // Miri's pool has no Oversize class below max_request_bytes
@@ -2644,5 +2598,5 @@ fn oversize_growth_at_rest_ignores_other_threads_stock() {
         idle_bytes: SETUP.idle_bytes,
         max_live: SETUP.max_live,
     };
-    run_with(knobs, &ops, false);
+    run(knobs, &ops);
 }

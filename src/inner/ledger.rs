@@ -542,18 +542,18 @@ impl Ledger {
         self.reserved.load(Relaxed)
     }
 
-    /// Bytes a charge to `tenant` has room for now under both limits: exact for this
-    /// thread (`mag` is its magazine), counting other threads' stocks as used, so it errs
-    /// low.
-    pub(crate) fn room(&self, mag: Option<&Magazine>, tenant: Option<&TenantAccount>) -> u64 {
-        let own = mag.map_or(0, Magazine::pool_stock);
-        let pool = self
-            .limit
-            .saturating_sub(self.usage.load(Relaxed).saturating_sub(own));
+    /// Bytes a charge to `tenant` has room for now under both limits: the limits minus the
+    /// live bytes (usage minus every thread's stock, read one after another: exact at
+    /// rest, like every live figure).
+    pub(crate) fn room<'a>(
+        &self,
+        magazines: impl Iterator<Item = &'a Magazine> + Clone,
+        tenant: Option<&TenantAccount>,
+    ) -> u64 {
+        let pool = self.limit.saturating_sub(self.pool_live(magazines.clone()));
         let tenant = tenant.map_or(u64::MAX, |acc| {
-            let own = mag.map_or(0, |m| m.stock_of(acc));
-            let used = acc.usage.load(Relaxed).saturating_sub(own);
-            acc.hard_bound().saturating_sub(used)
+            acc.hard_bound()
+                .saturating_sub(Self::tenant_live(acc, magazines))
         });
         pool.min(tenant)
     }

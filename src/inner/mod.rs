@@ -422,12 +422,13 @@ impl PoolRef {
         }
     }
 
-    /// Bytes a charge to `tenant` has room for now under both limits (a figure: other
-    /// threads' stocks count as used, so it errs low).
+    /// Bytes a charge to `tenant` has room for now under both limits (a figure, exact at
+    /// rest: for an Oversize growth, which allocates 10 MiB or more anyway).
     pub(crate) fn room(&self, tenant: Option<AccountPtr>) -> u64 {
         // SAFETY: the caller holds a charge on the account.
         let account = tenant.map(|a| unsafe { a.get() });
-        self.ledger.room(self.magazine(), account)
+        let list = self.magazines.lock();
+        self.ledger.room(list.iter().map(|m| &**m), account)
     }
 
     /// Takes back a slab a promotion left behind (its charge moves with the buffer).
