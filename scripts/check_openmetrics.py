@@ -50,6 +50,15 @@ CONTRACT = {
     "buffer_pool_pool_limit_refusals": ("counter", "", None, "pool_limit_refusals_total", None),
     "buffer_pool_too_large": ("counter", "", None, "too_large_total", None),
     "buffer_pool_alloc_failures": ("counter", "", None, "alloc_failures_total", None),
+    "buffer_pool_decayed_slabs": ("counter", "", "class", "decayed_slabs_total", POOLED),
+    "buffer_pool_decayed_bytes": ("counter", "bytes", "class", "decayed_bytes_total", POOLED),
+    "buffer_pool_waiters": ("gauge", "", None, "waiters", None),
+    "buffer_pool_wait_seconds": ("counter", "seconds", None, "wait_seconds_total", None),
+    "buffer_pool_tenant_waiters": ("gauge", "", "tenant_id", "tenant_waiters", None),
+    "buffer_pool_tenant_wait_seconds": (
+        "counter", "seconds", "tenant_id", "tenant_wait_seconds_total", None),
+    "buffer_pool_tenant_hard_limit_bytes": (
+        "gauge", "bytes", "tenant_id", "tenant_hard_limit_bytes", None),
 }
 
 
@@ -123,6 +132,10 @@ def main(metrics_path, snapshot_path):
     for key, value in sorted(expected.items(), key=repr):
         if key not in got:
             errors.append(f"missing series {key[0]}{dict(key[1])!r} (expected {value})")
+        elif isinstance(value, float):
+            # Seconds: the text carries what f64 prints, read back to the same float.
+            if got[key] != value:
+                errors.append(f"{key[0]}{dict(key[1])!r} = {got[key]}, snapshot says {value}")
         elif got[key] != float(value) or int(got[key]) != value:
             errors.append(f"{key[0]}{dict(key[1])!r} = {got[key]}, snapshot says {value}")
     for key in sorted(set(got) - set(expected), key=repr):

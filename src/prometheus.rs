@@ -36,6 +36,13 @@
 //! | `buffer_pool_pool_limit_refusals_total` | counter | | charges refused by the pool-wide `max_live_bytes` |
 //! | `buffer_pool_too_large_total` | counter | | requests refused as too large |
 //! | `buffer_pool_alloc_failures_total` | counter | | allocations the allocator refused |
+//! | `buffer_pool_decayed_slabs_total` | counter | `class` | slabs freed by the idle decay |
+//! | `buffer_pool_decayed_bytes_total` | counter | `class` | their capacity |
+//! | `buffer_pool_waiters` | gauge | | requests waiting for room now (`acquire_wait`, ...) |
+//! | `buffer_pool_wait_seconds_total` | counter | | time requests have spent waiting for room |
+//! | `buffer_pool_tenant_waiters` | gauge | `tenant_id` | each tenant's requests waiting for room now |
+//! | `buffer_pool_tenant_wait_seconds_total` | counter | `tenant_id` | time each tenant's requests have spent waiting |
+//! | `buffer_pool_tenant_hard_limit_bytes` | gauge | `tenant_id` | the hard limit of each tenant that has one |
 //!
 //! `class` is one of `small`, `medium`, `large`, `huge` (and `oversize` for
 //! `buffer_pool_outstanding_buffers`, or wherever the snapshot reports it); every pooled
@@ -337,7 +344,74 @@ fn encode_snapshot(s: &BufferPoolSnapshot, e: &mut DescriptorEncoder<'_>) -> fmt
         None,
         s.alloc_failures_total,
     )?;
+    by_class(
+        e,
+        Counter,
+        "buffer_pool_decayed_slabs",
+        "Slabs freed by the idle decay (idle longer than idle_timeout), by size class.",
+        None,
+        &pooled,
+        s.decayed_slabs_total.iter().map(|(c, n)| (*c, *n)),
+    )?;
+    by_class(
+        e,
+        Counter,
+        "buffer_pool_decayed",
+        "Capacity of the slabs freed by the idle decay, by size class.",
+        bytes,
+        &pooled,
+        s.decayed_bytes_total.iter().map(|(c, n)| (*c, *n)),
+    )?;
+    single(
+        e,
+        Gauge,
+        "buffer_pool_waiters",
+        "Requests waiting for room now (acquire_wait, reserve_wait, collect_body_wait).",
+        None,
+        s.waiters,
+    )?;
+    let seconds = Some(&Unit::Seconds);
+    let metric = e.encode_descriptor(
+        "buffer_pool_wait",
+        "Time requests have spent waiting for room, in all.",
+        seconds,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(s.wait_time_total.as_secs_f64()).encode(metric)?;
+    by_tenant(
+        e,
+        Gauge,
+        "buffer_pool_tenant_waiters",
+        "Each tenant's requests waiting for room now.",
+        None,
+        &s.tenant_waiters,
+    )?;
+    let mut family = e.encode_descriptor(
+        "buffer_pool_tenant_wait",
+        "Time each tenant's requests have spent waiting for room, in all.",
+        seconds,
+        MetricType::Counter,
+    )?;
+    for (id, waited) in sorted(&s.tenant_wait_time_total) {
+        let labels = [("tenant_id", id)];
+        ConstCounter::new(waited.as_secs_f64()).encode(family.encode_family(&labels)?)?;
+    }
+    by_tenant(
+        e,
+        Gauge,
+        "buffer_pool_tenant_hard_limit",
+        "The hard limit of each tenant that has one.",
+        bytes,
+        &s.tenant_hard_limit_bytes,
+    )?;
     Ok(())
+}
+
+/// A tenant map's entries sorted by id, so scrapes are stable and diffable.
+fn sorted<V: Copy>(values: &HashMap<String, V>) -> Vec<(&str, V)> {
+    let mut sorted: Vec<(&str, V)> = values.iter().map(|(id, v)| (id.as_str(), *v)).collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    sorted
 }
 
 /// Counter or gauge: the only two types this module writes.
@@ -416,10 +490,8 @@ fn by_tenant(
     unit: Option<&Unit>,
     values: &HashMap<String, u64>,
 ) -> fmt::Result {
-    let mut sorted: Vec<(&str, u64)> = values.iter().map(|(id, v)| (id.as_str(), *v)).collect();
-    sorted.sort_unstable();
     let mut family = e.encode_descriptor(name, help, unit, kind.metric_type())?;
-    for (id, value) in sorted {
+    for (id, value) in sorted(values) {
         let labels = [("tenant_id", id)];
         kind.encode(value, family.encode_family(&labels)?)?;
     }

@@ -113,7 +113,7 @@ struct Sample<'a> {
     series: &'a str,
     name: &'a str,
     labels: Vec<(String, String)>,
-    value: u64,
+    value: f64,
 }
 
 /// Splits the exposition into sample lines; comments and `# EOF` are skipped.
@@ -126,7 +126,7 @@ fn samples(text: &str) -> Vec<Sample<'_>> {
                 .unwrap_or_else(|| panic!("sample line without a value: {line:?}"));
             let value = value
                 .parse()
-                .unwrap_or_else(|_| panic!("value is not an integer: {line:?}"));
+                .unwrap_or_else(|_| panic!("value is not a number: {line:?}"));
             let (name, labels) = match series.split_once('{') {
                 Some((name, rest)) => {
                     let body = rest
@@ -177,7 +177,15 @@ fn parse_labels(body: &str) -> Vec<(String, String)> {
     labels
 }
 
+/// The value of an integer series (every byte, slab and count is one).
 fn value_of(text: &str, series: &str) -> u64 {
+    let value = seconds_of(text, series);
+    assert_eq!(value.fract(), 0.0, "{series} is not an integer: {value}");
+    value as u64
+}
+
+/// The value of any series, as written (the `_seconds` counters are fractional).
+fn seconds_of(text: &str, series: &str) -> f64 {
     samples(text)
         .into_iter()
         .find(|s| s.series == series)
@@ -252,6 +260,37 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "buffer_pool_alloc_failures_total",
     ),
+    (
+        "buffer_pool_decayed_slabs",
+        "counter",
+        "buffer_pool_decayed_slabs_total",
+    ),
+    (
+        "buffer_pool_decayed_bytes",
+        "counter",
+        "buffer_pool_decayed_bytes_total",
+    ),
+    ("buffer_pool_waiters", "gauge", "buffer_pool_waiters"),
+    (
+        "buffer_pool_wait_seconds",
+        "counter",
+        "buffer_pool_wait_seconds_total",
+    ),
+    (
+        "buffer_pool_tenant_waiters",
+        "gauge",
+        "buffer_pool_tenant_waiters",
+    ),
+    (
+        "buffer_pool_tenant_wait_seconds",
+        "counter",
+        "buffer_pool_tenant_wait_seconds_total",
+    ),
+    (
+        "buffer_pool_tenant_hard_limit_bytes",
+        "gauge",
+        "buffer_pool_tenant_hard_limit_bytes",
+    ),
 ];
 
 #[test]
@@ -271,6 +310,9 @@ fn render_has_help_type_every_family_and_eof() {
         );
         if family.ends_with("_bytes") {
             assert!(text.contains(&format!("# UNIT {family} bytes\n")));
+        }
+        if family.ends_with("_seconds") {
+            assert!(text.contains(&format!("# UNIT {family} seconds\n")));
         }
         assert!(
             !family.ends_with("_total") && (*kind != "counter" || sample.ends_with("_total")),
@@ -466,7 +508,7 @@ fn hostile_tenant_ids_read_back_exactly_and_series_are_unique() {
             .map(|s| {
                 assert_eq!(s.labels.len(), 1, "{:?}", s.series);
                 assert_eq!(s.labels[0].0, "tenant_id");
-                (s.labels[0].1.clone(), s.value)
+                (s.labels[0].1.clone(), s.value as u64)
             })
             .collect();
         assert_eq!(&got, expected, "{sample_name}");
@@ -503,11 +545,75 @@ fn hostile_tenant_ids_read_back_exactly_and_series_are_unique() {
     let idle_sum: u64 = samples
         .iter()
         .filter(|s| s.name == "buffer_pool_idle_bytes")
-        .map(|s| s.value)
+        .map(|s| s.value as u64)
         .sum();
     assert_eq!(
         idle_sum, snapshot.idle_bytes,
         "idle bytes by class must sum to idle_bytes"
+    );
+}
+
+/// The figures of waiting, the idle decay and hard limits, as exported.
+#[test]
+fn waiting_decay_and_hard_limits_are_exported() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    use std::time::Duration;
+
+    let pool = BufferPool::builder()
+        .idle_timeout(Some(Duration::from_millis(10)))
+        .build();
+    let acme = pool.tenant("acme");
+    acme.set_hard_limit(Some(4096));
+    let held = acme.acquire(1);
+    let mut waiting = Box::pin(acme.acquire_wait(1));
+    let poll = waiting
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()));
+    assert!(poll.is_pending());
+    drop(pool.acquire(1 << 20)); // an idle Large slab, for the decay
+    let text = render(&pool);
+    assert_eq!(value_of(&text, "buffer_pool_waiters"), 1);
+    assert_eq!(
+        value_of(&text, "buffer_pool_tenant_waiters{tenant_id=\"acme\"}"),
+        1
+    );
+    assert_eq!(
+        value_of(
+            &text,
+            "buffer_pool_tenant_hard_limit_bytes{tenant_id=\"acme\"}"
+        ),
+        4096
+    );
+    assert_eq!(seconds_of(&text, "buffer_pool_wait_seconds_total"), 0.0);
+
+    std::thread::sleep(Duration::from_millis(5));
+    drop(held); // serves the waiter
+    drop(waiting); // ... which gives its buffer back untaken
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(12));
+        pool.trim_idle();
+    }
+    let text = render(&pool);
+    assert_eq!(value_of(&text, "buffer_pool_waiters"), 0);
+    let waited = seconds_of(
+        &text,
+        "buffer_pool_tenant_wait_seconds_total{tenant_id=\"acme\"}",
+    );
+    assert!(waited >= 0.005, "acme waited {waited} s");
+    assert_eq!(seconds_of(&text, "buffer_pool_wait_seconds_total"), waited);
+    assert_eq!(
+        value_of(&text, "buffer_pool_decayed_slabs_total{class=\"large\"}"),
+        1
+    );
+    assert_eq!(
+        value_of(&text, "buffer_pool_decayed_bytes_total{class=\"large\"}"),
+        1 << 20
+    );
+    assert_eq!(
+        value_of(&text, "buffer_pool_decayed_slabs_total{class=\"small\"}"),
+        1,
+        "the waiter's slab, idle since"
     );
 }
 
@@ -611,6 +717,26 @@ fn snapshot_json(s: &BufferPoolSnapshot) -> String {
             "tenant_outstanding_buffers",
             tenants(&s.tenant_outstanding_buffers),
         ),
+        ("decayed_slabs_total", classes(&s.decayed_slabs_total)),
+        ("decayed_bytes_total", classes(&s.decayed_bytes_total)),
+        ("waiters", s.waiters.to_string()),
+        ("wait_seconds_total", seconds(s.wait_time_total)),
+        ("tenant_waiters", tenants(&s.tenant_waiters)),
+        (
+            "tenant_wait_seconds_total",
+            format!(
+                "{{{}}}",
+                s.tenant_wait_time_total
+                    .iter()
+                    .map(|(id, d)| format!("{}: {}", json_string(id), seconds(*d)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        (
+            "tenant_hard_limit_bytes",
+            tenants(&s.tenant_hard_limit_bytes),
+        ),
     ];
     let mut out = String::from("{\n");
     for (i, (key, value)) in fields.iter().enumerate() {
@@ -619,6 +745,12 @@ fn snapshot_json(s: &BufferPoolSnapshot) -> String {
     }
     out.push_str("}\n");
     out
+}
+
+/// Seconds as a JSON number, exactly as `f64` prints them (Python reads them back to the
+/// same `float`).
+fn seconds(d: std::time::Duration) -> String {
+    format!("{:?}", d.as_secs_f64())
 }
 
 fn map_json(entries: impl Iterator<Item = (String, u64)>) -> String {
