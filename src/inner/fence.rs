@@ -76,15 +76,21 @@ mod imp {
         mode
     }
 
+    /// `asymmetric` is what [`super::asymmetric`] said when the caller's magazine was
+    /// made: a thread that saw UNKNOWN or SYMMETRIC fences for real, which pairs with
+    /// either kind of heavy fence; only ASYMMETRIC (set after registering, never unset)
+    /// relies on the call.
     #[inline(always)]
-    pub(crate) fn light() {
-        // A thread that reads UNKNOWN or SYMMETRIC fences for real, which pairs with either
-        // kind of heavy fence; only ASYMMETRIC (set after registering) relies on the call.
-        if MODE.load(Relaxed) == ASYMMETRIC {
+    pub(crate) fn light(asymmetric: bool) {
+        if asymmetric {
             compiler_fence(SeqCst);
         } else {
             fence(SeqCst);
         }
+    }
+
+    pub(crate) fn asymmetric() -> bool {
+        init() == ASYMMETRIC
     }
 
     pub(crate) fn heavy() -> bool {
@@ -120,8 +126,12 @@ mod imp {
     }
 
     #[inline(always)]
-    pub(crate) fn light() {
+    pub(crate) fn light(_asymmetric: bool) {
         fence(SeqCst);
+    }
+
+    pub(crate) fn asymmetric() -> bool {
+        false
     }
 
     pub(crate) fn heavy() -> bool {
@@ -142,10 +152,17 @@ pub(crate) fn init() {
 }
 
 /// The owner's side: orders its earlier stores before its later loads against a
-/// concurrent [`heavy`].
+/// concurrent [`heavy`]. `asymmetric` is what [`asymmetric`] returned before (the owner
+/// keeps it, so the hot path reads no global).
 #[inline(always)]
-pub(crate) fn light() {
-    imp::light();
+pub(crate) fn light(asymmetric: bool) {
+    imp::light(asymmetric);
+}
+
+/// Whether the fences are asymmetric: decided once per process (see [`init`]) and never
+/// changed after.
+pub(crate) fn asymmetric() -> bool {
+    imp::asymmetric()
 }
 
 /// The other side. `false` when the barrier could not be made (the system call failed
@@ -160,7 +177,7 @@ mod tests {
     fn heavy_succeeds_here() {
         super::init();
         assert!(super::heavy());
-        super::light();
+        super::light(super::asymmetric());
         #[cfg(all(target_os = "linux", not(miri)))]
         eprintln!("asymmetric fences: {}", super::imp::is_asymmetric());
     }

@@ -106,8 +106,10 @@ impl Charged {
 
 #[derive(Debug)]
 pub(crate) struct Ledger {
-    /// The pool's usage word: every buffer and reservation, plus the pool stocks.
-    usage: AtomicU64,
+    /// The pool's usage word: every buffer and reservation, plus the pool stocks. On a
+    /// cache line of its own: slow paths of every thread write it, while every fast drop
+    /// reads `pool_waits`.
+    usage: Padded<AtomicU64>,
     /// Someone waits for the pool's `max_live_bytes` (the async acquire): debits then go
     /// straight to `usage`, where the waiter sees them.
     pool_waits: AtomicBool,
@@ -126,13 +128,26 @@ pub(crate) struct Ledger {
     pub(crate) pool_limit_refusals: AtomicU64,
 }
 
+/// A value on cache lines of its own (two: the adjacent-line prefetcher pairs them).
+#[derive(Debug)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// What a thread's magazine list is, as the ledger reaches it.
 pub(crate) type Magazines = Mutex<Vec<Arc<Magazine>>>;
 
 impl Ledger {
     pub(crate) fn new(max_live_bytes: Option<u64>) -> Ledger {
         Ledger {
-            usage: AtomicU64::new(0),
+            usage: Padded(AtomicU64::new(0)),
             pool_waits: AtomicBool::new(false),
             reserved: AtomicU64::new(0),
             limit: max_live_bytes.unwrap_or(u64::MAX),

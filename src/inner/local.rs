@@ -7,7 +7,7 @@
 //! drop must not), so a thread that only drops buffers has no magazine and its drops take
 //! the slow paths. The first acquire on a thread registers ([`PoolRef::magazine_or_register`]).
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::ptr::NonNull;
 use std::sync::{Arc, Weak};
 
@@ -37,8 +37,11 @@ impl Drop for Entry {
 struct GlobalEntry(OnceCell<Arc<Magazine>>);
 
 impl Drop for GlobalEntry {
-    /// The thread is exiting: give the magazine back to the global pool.
+    /// The thread is exiting: give the magazine back to the global pool. Drops that run
+    /// later on this thread (other thread-locals' destructors) find no magazine and take
+    /// the slow path.
     fn drop(&mut self) {
+        let _ = GLOBAL_MAGAZINE.try_with(|mag| mag.set(std::ptr::null()));
         if let Some(magazine) = self.0.get() {
             super::global().retire(magazine);
         }
@@ -46,6 +49,11 @@ impl Drop for GlobalEntry {
 }
 
 thread_local! {
+    /// The global pool's magazine for this thread as a plain pointer: null until the
+    /// thread's first acquire, and again once its exit gave the magazine back. It has no
+    /// destructor, so reading it is one load, with no check of a thread-local's state.
+    static GLOBAL_MAGAZINE: Cell<*const Magazine> = const { Cell::new(std::ptr::null()) };
+    /// Owns that magazine and gives it back when the thread exits.
     static GLOBAL_LOCAL: GlobalEntry = const { GlobalEntry(OnceCell::new()) };
     static LOCAL: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
 }
@@ -60,17 +68,15 @@ impl PoolRef {
     #[inline(always)]
     pub(crate) fn magazine(&self) -> Option<&Magazine> {
         let ptr = if self.is_global() {
-            GLOBAL_LOCAL
-                .try_with(|entry| entry.0.get().map(|mag| NonNull::from(&**mag)))
-                .ok()
-                .flatten()?
+            NonNull::new(GLOBAL_MAGAZINE.with(Cell::get).cast_mut())?
         } else {
             self.find_local()?
         };
         // SAFETY: `ptr` points into an `Arc<Magazine>` held by this thread's entry
-        // (`GLOBAL_LOCAL`, or `LOCAL` for a pool that is alive: `self` keeps it so) and by
-        // the pool's magazine list until `retire`; only the entry's destructor lets go of
-        // both, at this thread's exit, never during a call. Magazines are only shared.
+        // (`GLOBAL_LOCAL`, whose destructor nulls `GLOBAL_MAGAZINE` before letting go, or
+        // `LOCAL` for a pool that is alive: `self` keeps it so) and by the pool's magazine
+        // list until `retire`; only the entry's destructor lets go of both, at this
+        // thread's exit, never during a call. Magazines are only shared.
         Some(unsafe { ptr.as_ref() })
     }
 
@@ -103,11 +109,12 @@ impl PoolRef {
         match &self.owner {
             None => GLOBAL_LOCAL
                 .try_with(|entry| {
-                    entry.0.get_or_init(|| {
+                    let magazine = entry.0.get_or_init(|| {
                         let magazine = Arc::new(Magazine::new());
                         self.magazines.lock().push(Arc::clone(&magazine));
                         magazine
                     });
+                    GLOBAL_MAGAZINE.with(|mag| mag.set(Arc::as_ptr(magazine)));
                 })
                 .ok(),
             Some(inner) => LOCAL

@@ -180,6 +180,8 @@ pub(crate) struct Magazine {
     busy: AtomicBool,
     /// A freezer wants the magazine, or has it.
     stealing: AtomicBool,
+    /// Whether the fences were asymmetric when the magazine was made (`fence::light`).
+    asymmetric: bool,
     stacks: [Stack; 4],
     /// Idle-budget units held, per class: never fewer than the slabs held.
     held: [AtomicUsize; 4],
@@ -226,6 +228,7 @@ impl Magazine {
         Magazine {
             busy: AtomicBool::new(false),
             stealing: AtomicBool::new(false),
+            asymmetric: fence::asymmetric(),
             stacks: std::array::from_fn(|k| {
                 Stack::new(PoolClass::non_oversize()[k].capacity(), ROUNDS[k])
             }),
@@ -248,7 +251,7 @@ impl Magazine {
     #[inline(always)]
     pub(crate) fn enter(&self) -> Option<Section<'_>> {
         self.busy.store(true, Relaxed);
-        fence::light();
+        fence::light(self.asymmetric);
         if self.stealing.load(Acquire) {
             self.busy.store(false, Release);
             return None;
