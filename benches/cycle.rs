@@ -8,6 +8,11 @@
 //!
 //! - `axon`: `BufferPool::global().acquire(S)`, no tenant;
 //! - `axon-tenant`: the same through a `Tenant` handle created once, outside the loop;
+//! - `axon-tenant-wait` (64-byte groups): `Tenant::acquire_wait` with nobody waiting,
+//!   polled once with a no-op waker (it is always ready): what waiting costs when unused;
+//! - `built-decay`, `built-no-decay` (64-byte groups): a pool of its own
+//!   (`BufferPool::builder().build()`, which also pays an `Arc` count per buffer) with
+//!   the default idle decay (20 s), and with `idle_timeout(None)`: what the decay costs;
 //! - `vec`: `Vec::with_capacity(S)` on the system allocator;
 //! - `bytes-mut`: `BytesMut::with_capacity(S)`;
 //! - `byte-pool`, `object-pool`, `lifeguard`, `opool`: the peer crates, each as its docs
@@ -16,8 +21,12 @@
 //!   at 64 slabs, with its explicit acquire and release;
 //! - `floor`: one `Vec` reused (clear, then write): what any pool at best approaches.
 
+use std::future::Future;
 use std::hint::black_box;
+use std::pin::pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use axon_buffer::BufferPool;
 use bytes::BytesMut;
@@ -98,6 +107,9 @@ fn cycle(c: &mut Criterion) {
             let mut group = c.benchmark_group(format!("cycle-{class}-{label}"));
             group.throughput(Throughput::Bytes(write as u64));
             arms(&mut group, pool, &tenant, size, data);
+            if write == SMALL_WRITE {
+                unused_feature_arms(&mut group, &tenant, size, data);
+            }
             group.finish();
         }
     }
@@ -206,6 +218,40 @@ fn arms(
             black_box(&reused);
         })
     });
+}
+
+/// The arms that show what waiting and the idle decay cost when nothing waits and
+/// nothing is idle long enough to decay.
+fn unused_feature_arms(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    tenant: &axon_buffer::Tenant,
+    size: usize,
+    data: &[u8],
+) {
+    let mut cx = Context::from_waker(Waker::noop());
+    group.bench_function("axon-tenant-wait", |b| {
+        b.iter(|| {
+            let mut wait = pin!(tenant.acquire_wait(black_box(size)));
+            let Poll::Ready(Ok(mut buf)) = wait.as_mut().poll(&mut cx) else {
+                unreachable!("nobody waits and nothing limits: ready at once");
+            };
+            buf.extend_from_slice(black_box(data));
+            black_box(&buf);
+        })
+    });
+    for (arm, timeout) in [
+        ("built-decay", Some(Duration::from_secs(20))),
+        ("built-no-decay", None),
+    ] {
+        let pool = BufferPool::builder().idle_timeout(timeout).build();
+        group.bench_function(arm, |b| {
+            b.iter(|| {
+                let mut buf = pool.acquire(black_box(size));
+                buf.extend_from_slice(black_box(data));
+                black_box(&buf);
+            })
+        });
+    }
 }
 
 criterion_group! {

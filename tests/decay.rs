@@ -9,7 +9,13 @@ use std::time::{Duration, Instant};
 
 use axon_buffer::{BufferPool, PoolClass};
 
-const T: Duration = Duration::from_millis(30);
+/// The idle timeout of these tests (longer under Miri, whose clock runs with its slow
+/// interpretation).
+const T: Duration = if cfg!(miri) {
+    Duration::from_secs(2)
+} else {
+    Duration::from_millis(30)
+};
 
 fn decaying() -> BufferPool {
     BufferPool::builder().idle_timeout(Some(T)).build()
