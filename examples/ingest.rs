@@ -13,8 +13,9 @@
 //! handles), freezes it into `Bytes` and fans it out to two consumers: a checksum task, and
 //! a storage step on `spawn_blocking` that writes it out and checksums what it wrote. The
 //! response carries the checksum in `x-checksum`. A tenant at its hard limit does not get
-//! a 429: its upload waits for room, its socket unread, so TCP pushes back on its client;
-//! only a wait longer than `WAIT_AT_MOST` is answered 503 with `Retry-After`. `GET /metrics`
+//! a 429 at once: its upload waits for room, its socket unread, so TCP pushes back on its
+//! client; only a wait longer than `WAIT_AT_MOST` is answered 429 with `Retry-After`.
+//! `GET /metrics`
 //! serves the pool's OpenMetrics text.
 //!
 //! By default the example also runs the clients: for each tenant, `--connections` hyper
@@ -22,8 +23,9 @@
 //! 4% audio of about 3 MiB, 1% video chunks of 12 MiB), one upload in four chunked
 //! (no `Content-Length`), and compare the server's checksum with their own; a 429 or 503
 //! is retried after its `Retry-After`. tenant-0 is on a small plan (8 MiB soft limit), the
-//! last tenant has a hard limit (`--hard-limit-mib`, default 24: two of its video chunks at
-//! once do not fit, so its uploads wait for each other), and the summary shows how long.
+//! last tenant has a hard limit (`--hard-limit-mib`, default 20: two of its 12 MiB video
+//! chunks at once do not fit, so its uploads wait for each other), and the summary shows
+//! how long.
 //!
 //! The summary shows requests, MB/s, latency, the hit rate per size class, per-tenant
 //! figures, peak RSS, and the exposition `GET /metrics` served at the end. The example exits non-zero on a leak (live bytes once every
@@ -68,7 +70,7 @@ const MIB: usize = 1024 * 1024;
 
 /// The largest body the server takes; the mix tops out at 12 MiB.
 const MAX_BODY: usize = 16 * MIB;
-/// The longest an upload waits for its tenant's room before it is answered 503.
+/// The longest an upload waits for its tenant's room before it is answered 429.
 const WAIT_AT_MOST: Duration = Duration::from_secs(10);
 /// Soft limits: tenant-0 is on a small plan, so its audio and video go over.
 const DEFAULT_SOFT_LIMIT: u64 = 64 * MIB as u64;
@@ -107,9 +109,9 @@ struct Args {
     /// Stop sending new uploads after this many seconds.
     #[arg(long, default_value_t = 20.0)]
     seconds: f64,
-    /// The last tenant's hard limit, in MiB (below about 30, two of its large uploads at
-    /// once do not fit: the second waits for room).
-    #[arg(long, default_value_t = 24)]
+    /// The last tenant's hard limit, in MiB (below 24, two of its video chunks at once do
+    /// not fit: the second waits for room).
+    #[arg(long, default_value_t = 20)]
     hard_limit_mib: u64,
     /// After the run, keep serving (/metrics too) this many seconds; Ctrl-C ends it.
     #[arg(long, default_value_t = 0)]

@@ -9,8 +9,7 @@
 //!   same moment.
 //! - [`render`] gives the whole OpenMetrics exposition of one pool as a `String`
 //!   (ending in `# EOF`), for a `/metrics` handler that serves nothing else, a log line or
-//!   a test. Serve it with the content type
-//!   `application/openmetrics-text; version=1.0.0; charset=utf-8`.
+//!   a test. Serve it with the content type [`CONTENT_TYPE`].
 //!
 //! # Metrics
 //!

@@ -10,8 +10,10 @@ use crate::{PoolError, PooledBuf};
 /// A cheap handle to one tenant's account in a pool. Buffers acquired through it are
 /// charged to the tenant: the capacity of their slab at acquire, debited when they drop.
 ///
-/// Acquiring through a handle takes no lock and no lookup of the tenant map: keep the handle
-/// (it is `Clone + Send + Sync`) rather than calling [`BufferPool::tenant`] per request.
+/// Acquiring through a handle takes no lock and no lookup of the tenant map, and usually no
+/// locked instruction at all (the charge comes from the thread's prepaid stock). Getting a
+/// handle with [`BufferPool::tenant`] per request is fine too: a known id takes only a
+/// shared lock.
 ///
 /// Limits: the **soft limit** never refuses; each charge that leaves the tenant's live bytes
 /// above it adds 1 to its `soft_limit_exceeded_total`. The optional **hard limit** refuses

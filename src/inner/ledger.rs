@@ -495,6 +495,15 @@ impl Ledger {
     /// heavy fence cannot be made, nothing is taken (refusals then stay conservative).
     fn take_back(&self, magazines: &Magazines, pool: bool, tenant: Option<&TenantAccount>) {
         let list = magazines.lock();
+        // A freeze costs a `membarrier`: skip it when a look at the stocks finds nothing to
+        // take (a stream of refusals then costs no freeze each). The look is racy, exact
+        // at rest, so nothing that fits is refused at rest; slots are bound only under the
+        // lock this caller holds.
+        let pool = pool && list.iter().any(|m| m.pool_stock() > 0);
+        let tenant = tenant.filter(|acc| acc.stock_slots.load(Relaxed) > 0);
+        if !pool && tenant.is_none() {
+            return;
+        }
         let Some(frozen) = Frozen::freeze(&list) else {
             return;
         };

@@ -302,7 +302,8 @@ impl PoolRef {
 
     /// Debit and slab in one step: the hot path of a drop. `exposed` is how many leading
     /// bytes may hold a user's data (zeroed first when `zero_on_release` is on). Never
-    /// panics, never allocates; holds a lock only for a push.
+    /// panics, never allocates; holds a lock only for a push, or, when requests wait for
+    /// room, for the pass that serves them.
     #[inline(always)]
     pub(crate) fn give_back(
         &self,
