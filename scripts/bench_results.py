@@ -15,6 +15,9 @@ PEERS = ["byte-pool", "object-pool", "lifeguard", "opool"]
 CYCLE_ARMS = [
     "axon",
     "axon-tenant",
+    "axon-tenant-wait",
+    "built-decay",
+    "built-no-decay",
     "vec",
     "bytes-mut",
     "byte-pool",

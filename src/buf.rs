@@ -4,6 +4,7 @@ use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
 use std::fmt;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::num::NonZeroU64;
 use std::ops::{Deref, DerefMut};
 
@@ -46,9 +47,9 @@ use crate::{PoolClass, PoolError};
 /// ```
 #[must_use = "dropping a PooledBuf returns its slab at once"]
 pub struct PooledBuf {
-    /// `len()` is the written length. Its capacity is the class's (or the Oversize size);
-    /// it is 0 only after `into_vec` moved the slab out.
-    slab: Vec<u8>,
+    /// `len()` is the written length; its capacity is the class's (or the Oversize size).
+    /// Taken out exactly once: by `into_vec` (which sets `charged` to 0) or by `Drop`.
+    slab: ManuallyDrop<Vec<u8>>,
     class: PoolClass,
     /// Bytes charged to the pool and the tenant, debited exactly on drop.
     charged: u64,
@@ -118,7 +119,7 @@ impl PooledBuf {
             Some(leaks) => leaks.sample(class, capacity, tenant.map(|a| unsafe { a.get() }.id())),
         };
         PooledBuf {
-            slab,
+            slab: ManuallyDrop::new(slab),
             class,
             charged: capacity as u64,
             exposed: 0,
@@ -369,7 +370,7 @@ impl PooledBuf {
             };
             taken.map(|mut slab| {
                 slab.extend_from_slice(&self.slab);
-                let old = std::mem::replace(&mut self.slab, slab);
+                let old = std::mem::replace(&mut *self.slab, slab);
                 self.pool.release_slab(old, self.class, exposed);
                 self.exposed = self.slab.len();
             })
@@ -519,7 +520,9 @@ impl PooledBuf {
     /// Takes the bytes out of the pool for good, without copying: the tenant and the pool
     /// are debited now, and the slab never comes back.
     pub fn into_vec(mut self) -> Vec<u8> {
-        let slab = std::mem::take(&mut self.slab);
+        // SAFETY: the slab is taken once: `Drop` takes it only while `charged` is not 0,
+        // and it is set to 0 below, before `self` drops.
+        let slab = unsafe { ManuallyDrop::take(&mut self.slab) };
         self.pool.count_detached(self.class);
         self.pool.debit(
             self.tenant,
@@ -580,15 +583,16 @@ fn lying_reader(read: usize, lent: usize) -> io::Error {
 }
 
 impl Drop for PooledBuf {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
-        let slab = std::mem::take(&mut self.slab);
-        if slab.capacity() == 0 {
-            return; // into_vec took it and settled the accounts
+        if self.charged == 0 {
+            return; // into_vec took the slab and settled the accounts
         }
-        let exposed = self.exposed.max(slab.len());
+        // SAFETY: a buffer is always charged (a slab's capacity is at least 4 KiB), so
+        // `charged` is 0 only after `into_vec` took the slab; this is the other, last take.
+        let slab = unsafe { ManuallyDrop::take(&mut self.slab) };
         self.pool
-            .give_back(slab, self.class, exposed, self.tenant, self.charged);
+            .give_back(slab, self.class, self.exposed, self.tenant, self.charged);
         if self.tracked.is_some() {
             self.untrack();
         }
@@ -706,10 +710,11 @@ unsafe impl BufMut for PooledBuf {
             cnt <= lendable,
             "advance_mut({cnt}) past the {lendable} bytes chunk_mut lends"
         );
+        let len = self.slab.len() + cnt;
         // SAFETY: `cnt <= capacity - len` (asserted above) keeps the length in the allocation,
         // and this unsafe fn's caller guarantees the first `cnt` bytes of the chunk lent at
         // `len` are initialised, so every byte below the new length is, as `set_len` needs.
-        unsafe { self.slab.set_len(self.slab.len() + cnt) };
+        unsafe { self.slab.set_len(len) };
     }
 
     /// Lends the spare capacity, promoting the buffer first when it is full.
@@ -749,6 +754,7 @@ unsafe impl BufMut for PooledBuf {
     /// When growing is refused, as [`PooledBuf::reserve`] does.
     fn put_bytes(&mut self, val: u8, cnt: usize) {
         self.reserve(cnt);
-        self.slab.resize(self.len() + cnt, val);
+        let len = self.len() + cnt;
+        self.slab.resize(len, val);
     }
 }

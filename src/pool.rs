@@ -123,7 +123,7 @@ impl BufferPool {
     /// When [`try_acquire`](Self::try_acquire) would return an error; the message names
     /// `try_acquire`.
     #[track_caller]
-    #[inline]
+    #[inline(always)]
     pub fn acquire(&self, requested: usize) -> PooledBuf {
         match self.try_acquire(requested) {
             Ok(buf) => buf,
@@ -148,7 +148,7 @@ impl BufferPool {
     /// assert!(matches!(pool.try_acquire(2 << 20), Err(PoolError::TooLarge { .. })));
     /// assert_eq!(pool.snapshot().too_large_total, 1);
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn try_acquire(&self, requested: usize) -> Result<PooledBuf, PoolError> {
         PooledBuf::try_new(self.inner.clone(), None, requested)
     }

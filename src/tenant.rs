@@ -73,7 +73,7 @@ impl Tenant {
     /// When [`try_acquire`](Self::try_acquire) would return an error; the message names
     /// `try_acquire`.
     #[track_caller]
-    #[inline]
+    #[inline(always)]
     pub fn acquire(&self, requested: usize) -> PooledBuf {
         match self.try_acquire(requested) {
             Ok(buf) => buf,
@@ -88,7 +88,7 @@ impl Tenant {
     /// [`PoolError::TooLarge`] above `max_request_bytes`, [`PoolError::TenantHardLimit`] or
     /// [`PoolError::PoolLimit`] when a limit refuses the charge, [`PoolError::AllocFailed`]
     /// when the allocator refuses. Nothing is charged on error.
-    #[inline]
+    #[inline(always)]
     pub fn try_acquire(&self, requested: usize) -> Result<PooledBuf, PoolError> {
         PooledBuf::try_new(self.pool.clone(), Some(self.ptr()), requested)
     }

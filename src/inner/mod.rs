@@ -300,8 +300,9 @@ impl PoolRef {
         }
     }
 
-    /// Debit and slab in one step: the hot path of a drop. `exposed` is how many leading
-    /// bytes may hold a user's data (zeroed first when `zero_on_release` is on). Never
+    /// Debit and slab in one step: the hot path of a drop. `exposed` is the buffer's
+    /// high-water mark of bytes that may hold a user's data, besides its length (both are
+    /// zeroed first when `zero_on_release` is on). Never
     /// panics, never allocates; holds a lock only for a push, or, when requests wait for
     /// room, for the pass that serves them.
     #[inline(always)]
@@ -353,6 +354,7 @@ impl PoolRef {
     ) {
         if self.config.zero_on_release && slab.capacity() == class.capacity() {
             // Outside any lock or section: up to 10 MiB of memset must not stall others.
+            let exposed = exposed.max(slab.len());
             slab.clear();
             slab.resize(exposed.min(slab.capacity()), 0);
         }
