@@ -116,6 +116,10 @@ struct Args {
     /// After the run, keep serving (/metrics too) this many seconds; Ctrl-C ends it.
     #[arg(long, default_value_t = 0)]
     serve_seconds: u64,
+    /// The pool's idle timeout in seconds (its decay thread frees slabs idle that long;
+    /// the crate's default is 20).
+    #[arg(long, default_value_t = 10)]
+    idle_timeout_secs: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -155,8 +159,12 @@ async fn main() -> ExitCode {
 /// Runs the server (and the clients, unless `--serve`), prints the summary; `Ok(false)`
 /// when a check failed.
 async fn run(args: Args) -> Result<bool, Error> {
+    // Idle slabs leave by themselves once the load is over: the decay thread frees what
+    // stayed idle `--idle-timeout-secs`, and gives its pages back.
     let pool = BufferPool::builder()
         .default_tenant_soft_limit(DEFAULT_SOFT_LIMIT)
+        .idle_timeout(Some(Duration::from_secs(args.idle_timeout_secs)))
+        .idle_decay_thread(true)
         .build();
     let ids: Vec<String> = (0..args.tenants).map(|i| format!("tenant-{i}")).collect();
     pool.set_tenant_soft_limit(&ids[0], SMALL_PLAN_SOFT_LIMIT);
@@ -881,7 +889,7 @@ fn print_summary(
         human(snapshot.live_bytes)
     );
     println!(
-        "idle        {} in {} slabs, kept for reuse (BufferPool::trim frees them)",
+        "idle        {} in {} slabs, kept for reuse until idle --idle-timeout-secs (the decay frees them)",
         human(snapshot.idle_bytes),
         snapshot.idle_slabs.values().sum::<u64>()
     );

@@ -2,62 +2,81 @@
 //!
 //! # Design
 //!
+//! The layers live in `src/inner` (its `mod.rs` draws them, from `Tenant::acquire` to
+//! `Drop`); this is what each decides, and why.
+//!
 //! * **Classes.** Four pooled size classes (4 KiB, 64 KiB, 1 MiB, 10 MiB), each with a free
 //!   list of slabs of exactly the class's capacity, and an Oversize path allocated to size
-//!   and never pooled (the seed's table).
-//! * **Thread caches.** In front of the shared lists, each thread keeps a stack of up to 8
-//!   Small, 4 Medium, 2 Large and 1 Huge slab per pool. Its thread works on it with plain
-//!   loads and stores: a section starts with a store, a compiler fence and a load, and ends
-//!   with a store. `trim` and pool drop reach the stacks through the pool's registry with
-//!   an asymmetric fence (`membarrier(2)` on Linux; `SeqCst` fences elsewhere and under
-//!   Miri and loom), and a thread's own exit folds its cache back; the protocol, and the
-//!   loom models that check it, are in `inner/cache.rs` and `inner/fence.rs`. An empty
-//!   cache refills half its slots from the shared list under one lock; a full one spills
-//!   half, so a producer/consumer pair on two threads pays the shared lock once per few
-//!   buffers. The global pool's cache has its own thread-local slot; other pools' caches
-//!   are found by pool id.
-//! * **Shared lists.** One `parking_lot::Mutex<Vec<Vec<u8>>>` per class, held only for a
-//!   pop, a push or a batch move; allocation, copying and zeroing happen outside it. The
-//!   class's hit and return counters live under the same lock.
-//! * **Caps.** `max_idle_per_class` and `max_idle_bytes` are enforced on budget *units*
-//!   reserved before a slab goes idle, in shared lists and thread caches alike, so neither
-//!   cap is ever passed, even for a moment. A thread cache keeps at most one unit beyond its
-//!   idle slabs (so the next push of the common acquire/drop cycle needs no shared atomic),
-//!   gives the rest back as it empties, and returns all when its thread exits; so a thread
-//!   that takes buffers for other threads to drop does not hoard their idle budget.
-//! * **Charges.** Tenant live bytes are one atomic per tenant, updated by a compare-and-swap
-//!   loop that refuses a charge past the hard limit or `u64::MAX`. The pool's live bytes of
-//!   buffers are counted per thread (no locked instruction) and summed by `snapshot`;
-//!   reservations, and every charge of a pool with `max_live_bytes`, use one shared atomic
-//!   with the same refusing loop. Reservations are capped at 2^63 - 1 bytes so no sum can
-//!   wrap. A request is charged *before* its slab is taken and the charge undone if the
-//!   allocator refuses, so a refused request moves no hit, miss, idle or live figure.
-//! * **Orderings.** Every counter is `Relaxed`: none publishes memory (slabs travel through
-//!   the mutexes, the slots' `Release`/`Acquire` pairs, or by ownership), and each figure is
-//!   exact on its own. Per-thread figures are written only by their thread. The caches'
-//!   `busy` / `stealing` flags carry the `Release`/`Acquire` pairs that hand a stack from
-//!   its thread to a stealer and back.
-//! * **Handles.** Buffers of the global pool refer to it by `&'static` (no reference count);
-//!   buffers of other pools hold an `Arc` of the shared state, so they are `'static` and keep
-//!   their pool alive. Either way reaching the pool is one pointer load.
+//!   and never pooled (the seed's table). Oversize growth at least doubles, unless the
+//!   doubling alone would pass a limit's room (or a body's `max`): then it takes what it
+//!   needs.
+//! * **Magazines** (`inner/magazine.rs`, Bonwick and Adams' per-CPU magazines, per thread
+//!   here). Each thread keeps, per pool, a stack of up to 8 Small, 4 Medium, 2 Large and
+//!   1 Huge slab, and stocks of bytes prepaid to the pool and to up to 4 tenants. Its
+//!   thread works on it with plain loads and stores: a section is a store, a compiler
+//!   fence and a load to enter, a store to leave. `trim`, `snapshot`, the ledger (taking
+//!   stocks back) and pool drop *freeze* every magazine with one asymmetric fence
+//!   (`membarrier(2)` on Linux; `SeqCst` fences elsewhere and under Miri and loom); three
+//!   loom models check the protocol. The global pool's magazine is one thread-local load.
+//! * **Depot** (`inner/depot.rs`). One `parking_lot::Mutex<Vec<Vec<u8>>>` per class behind
+//!   the magazines, held only for a pop, a push or a batch move (an empty magazine refills
+//!   half its rounds, a full one spills half). Idle memory is capped by *units* of idle
+//!   budget (`max_idle_per_class`, `max_idle_bytes`) reserved before a slab goes idle and
+//!   moved with it, so no cap is ever passed, and `snapshot` (magazines frozen, each list
+//!   locked) never counts a slab twice. Trim and thread exit move or free units with their
+//!   slabs.
+//! * **Ledger** (`inner/ledger.rs`). One *usage* word for the pool and one per tenant:
+//!   live bytes plus the stocks threads hold prepaid (the Linux memory cgroup's
+//!   `consume_stock` / `refill_stock`). Acquire and drop charge and debit the stocks;
+//!   only an empty or overfull stock reaches a word. Live figures are usage minus stocks,
+//!   exact at rest from any thread: a thread that never acquired debits the words
+//!   directly, a thread that exits gives its stocks back, nothing wraps. A slow charge
+//!   checks both limits (tenant hard limit, `max_live_bytes`) and commits both under one
+//!   lock, so a refusal leaves no trace; before refusing it takes every thread's stock
+//!   back, so nothing that fits is refused at rest. Above its soft limit (or with waiters)
+//!   a tenant keeps no stock, so every charge counts soft-limit excesses exactly.
+//! * **Waiting** (`inner/ledger/wait.rs`). The ledger's lock guards a FIFO of waiters;
+//!   every debit that reaches a word, limit change and stock given back runs a pass when
+//!   anyone waits (`SeqCst` on both sides of the register/debit handshake, checked by a
+//!   loom model). With nobody waiting, a drop pays one load of a flag.
+//! * **Idle decay.** No clock on the fast path: each list and stack keeps a low-water mark
+//!   since the last decay mark (jemalloc's tcache GC), so slabs below it have not moved
+//!   since. The decay runs every few hundred slow-path acquires, on `trim_idle`, or on
+//!   an opt-in thread; freed slabs of 64 KiB and more give their pages back with
+//!   `madvise(MADV_DONTNEED)`, so RSS falls whatever glibc keeps in its heap.
+//! * **Tenants** (`inner/account.rs`, `inner/registry.rs`). Buffers hold their account by
+//!   a plain pointer (the charge keeps it alive; account.rs argues why), handles by `Arc`.
+//!   The registry is a read-mostly map with a queue of departed accounts for eviction.
+//! * **Handles.** Buffers of the global pool refer to it by `&'static` (no reference
+//!   count); buffers of other pools hold an `Arc` of the shared state, so they are
+//!   `'static` and keep their pool alive. Either way reaching the pool is one load.
+//! * **Orderings.** Figures are `Relaxed` (each exact on its own); the magazine flags
+//!   carry the `Release`/`Acquire` pairs of the freeze; the last access of a buffer or a
+//!   stock slot to its account is a `Release` (`SeqCst`) decrement the registry reads
+//!   with `Acquire` before freeing it; the waiters' handshake is `SeqCst`.
 //!
 //! # Figures that chose it
 //!
-//! On the 2-core reference machine an uncontended locked instruction costs 7-7.7 ns and
-//! glibc's `Vec::with_capacity(4096)` + 64-byte write + drop 17.5-29 ns (reusing one `Vec`:
-//! 2.2 ns). The first design (mutex lists, shared atomics) took eight locked instructions
-//! per Small cycle: 89 ns, 736 instructions (callgrind). A thread cache of `AtomicPtr`
-//! slots popped with one `swap` took one: about 460 instructions, 30.5 ns, and 63 ns for
-//! the uncached Large and Huge classes. The stacks guarded by an asymmetric fence take
-//! none: about 250 instructions and, with criterion, 11.4-12.3 ns at every class, against
-//! lifeguard's 10.1-12.6 ns and opool's 14.2-15.3 ns; two threads cycling at once stay at
-//! 11.1 ns (`Vec`: 39.5 ns). Inlining the acquire and drop paths into each caller was
-//! worth 6 ns of that (17 ns before). A tenant costs four locked instructions (the
-//! account's `Arc` clone and drop, the charge's compare-and-swap, the debit): +21 to
-//! +25 ns. Returns reserve one idle-budget unit at a time: two at a time saved 6 ns on
-//! batched freezes and cost 35 ns per buffer returned by another thread. All figures
-//! against `Vec`, `BytesMut` and the peer crates are in the README's Performance section
-//! and `benches/README.md`.
+//! On the 2-core reference machine an uncontended locked instruction costs 7-7.7 ns;
+//! the machine's speed drifts by a factor of two over minutes (it is shared), so the
+//! figures below are instruction counts (callgrind, repeatable) and ratios measured side
+//! by side (`benches/side_by_side.rs`).
+//!
+//! * The first design (mutex lists, shared atomics) took 736 instructions per Small
+//!   64-byte cycle; a cache of `AtomicPtr` slots about 460; stacks behind the asymmetric
+//!   fence about 250 (session 2), where a tenant added four locked instructions (+21 to
+//!   +25 ns: the account's `Arc` clone and drop, the charge's compare-and-swap, the
+//!   debit).
+//! * The ledger's stocks take the tenant's locked instructions away: 236 instructions
+//!   untenanted, 268 tenanted (glibc's `Vec`: 356). Getting there: the global pool's
+//!   magazine as a destructor-free thread-local pointer (-12), the fence mode kept in
+//!   the magazine (-4), acquire and drop inlined into the caller and the slab in a
+//!   `ManuallyDrop` (-21).
+//! * Returns reserve one idle-budget unit at a time: two at a time saved 6 ns on batched
+//!   freezes and cost 35 ns per buffer returned by another thread (session 2).
+//!
+//! The tables against `Vec`, `BytesMut` and the peer crates are in the README's
+//! Performance section and `benches/README.md`.
 
 use std::fmt;
 use std::sync::OnceLock;
