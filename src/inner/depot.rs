@@ -15,70 +15,11 @@
 //! a full magazine to the list, reserves a unit, or frees the slab and counts the discard.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use std::sync::Arc;
-
 use super::magazine::{Exclusive, Frozen, Magazine, ROUNDS};
-
-/// Gives freed slabs back to the allocator, and their pages to the system first: slabs of
-/// 64 KiB and more get `madvise(MADV_DONTNEED)` on their page-aligned interior, so the
-/// memory leaves the process's RSS even when glibc keeps the block in its heap (once its
-/// dynamic mmap threshold has risen past the slab, or a live block sits above it). The
-/// allocator's own bookkeeping lies outside the interior. Measured on this crate's machine
-/// (`examples/rss.rs`, round 3: 40 Huge slabs freed under one live 10 MiB buffer): 402 MiB
-/// stayed resident with a plain free, 12 MiB with this.
-pub(crate) fn release(slabs: Vec<Vec<u8>>) {
-    for mut slab in slabs {
-        if slab.capacity() >= PoolClass::Medium.capacity() {
-            give_pages_back(&mut slab);
-        }
-        drop(slab);
-    }
-}
-
-/// Frees a slab a buffer gave back that the pool cannot keep (the caps are full, or it is
-/// Oversize), outside any section. A Large or Huge slab the caps refused gives its pages
-/// back first, as glibc's own `munmap` would have done before its mmap threshold rose:
-/// the pool had a unit's worth of such slabs idle already. Smaller slabs, and Oversize
-/// buffers, go to the allocator as they are: a drop stays cheap, and an Oversize block
-/// the allocator keeps is reused by the next one without page faults (measured with
-/// `scripts/load.sh`: giving the pages of every 12 MiB upload back cost 29% more CPU per
-/// request, the faults of the next upload).
-pub(crate) fn discard(slab: Option<Vec<u8>>) {
-    let Some(mut slab) = slab else { return };
-    let pooled = PoolClass::Large.capacity()..=PoolClass::Huge.capacity();
-    if pooled.contains(&slab.capacity()) {
-        give_pages_back(&mut slab);
-    }
-    drop(slab);
-}
-
-#[cfg(all(target_os = "linux", not(miri)))]
-fn give_pages_back(slab: &mut Vec<u8>) {
-    const PAGE: usize = 4096; // the smallest page Linux has; larger ones are multiples
-    let start = slab.as_mut_ptr();
-    let offset = start.align_offset(PAGE);
-    let Some(len) = slab.capacity().checked_sub(offset) else {
-        return;
-    };
-    let len = len / PAGE * PAGE;
-    if len == 0 {
-        return;
-    }
-    // SAFETY: `[start + offset, start + offset + len)` lies inside the slab's allocation,
-    // which this `Vec` owns and is about to free; nothing reads its bytes meanwhile (the
-    // slab is empty). MADV_DONTNEED only drops the pages: a later access (the allocator
-    // reusing the block) finds them zero-filled, which any fresh allocation may be. It
-    // touches no memory of anyone else, and an error (say, EINVAL) changes nothing.
-    unsafe {
-        libc::madvise(start.add(offset).cast(), len, libc::MADV_DONTNEED);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", not(miri))))]
-fn give_pages_back(_slab: &mut Vec<u8>) {}
 use crate::{PoolClass, PoolError};
 
 /// Slabs waiting in one class, oldest first, with the counters that change only together

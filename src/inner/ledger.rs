@@ -37,12 +37,13 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
+mod stocks;
 mod wait;
 pub(crate) use wait::ChargeWait;
 use wait::Queue;
 
 use super::account::{AccountPtr, TenantAccount};
-use super::magazine::{Exclusive, Frozen, Magazine, Slot};
+use super::magazine::{Exclusive, Magazine};
 use crate::PoolError;
 
 /// Stock granted beyond a request when a thread's stock runs dry (the kernel's
@@ -355,56 +356,6 @@ impl Ledger {
         }
     }
 
-    /// Puts freshly granted stock into this thread's magazine (binding a slot for the
-    /// tenant when it has none), and counts the charge's buffers where they belong. If
-    /// the magazine is frozen meanwhile, the grants go straight back.
-    fn deposit(
-        &self,
-        mag: Option<&Magazine>,
-        tenant: Option<AccountPtr>,
-        pool_grant: u64,
-        tenant_grant: u64,
-        buffers: u64,
-    ) {
-        let section = mag.and_then(Magazine::enter);
-        let Some(section) = section else {
-            self.usage.fetch_sub(pool_grant, Relaxed);
-            if let Some(account) = tenant {
-                // SAFETY: the caller holds a handle or a buffer of the account.
-                let acc = unsafe { account.get() };
-                acc.usage.fetch_sub(tenant_grant, Relaxed);
-                acc.buffers.fetch_add(buffers, Relaxed);
-            }
-            return;
-        };
-        section.set_pool_stock(section.pool_stock() + pool_grant);
-        let Some(account) = tenant else { return };
-        let slot = match section.find(account.as_ptr()) {
-            Some(slot) => Some(slot),
-            None if tenant_grant > 0 => {
-                let slot = section.victim();
-                if !slot.account().is_null() {
-                    Self::unbind(slot);
-                }
-                // SAFETY: the caller holds a handle or a buffer of the account.
-                unsafe { account.get() }.stock_slots.fetch_add(1, Relaxed);
-                slot.bind(account.as_ptr());
-                Some(slot)
-            }
-            None => None,
-        };
-        match slot {
-            Some(slot) => {
-                slot.set_stock(slot.stock() + tenant_grant);
-                slot.count_buffers(buffers);
-            }
-            None => {
-                // SAFETY: the caller holds a handle or a buffer of the account.
-                unsafe { account.get() }.buffers.fetch_add(buffers, Relaxed);
-            }
-        }
-    }
-
     // -------------------------------------------------------------------------------
     // Debit
     // -------------------------------------------------------------------------------
@@ -484,63 +435,6 @@ impl Ledger {
         acc.buffers.fetch_sub(buffers, Relaxed);
         acc.usage.fetch_sub(bytes, SeqCst);
         self.anyone_waits()
-    }
-
-    // -------------------------------------------------------------------------------
-    // Stocks taken back
-    // -------------------------------------------------------------------------------
-
-    /// Takes back, from every thread's magazine, the pool stocks (`pool`) and the stocks of
-    /// `tenant` (whose slots are unbound). The caller holds the ledger's lock. When the
-    /// heavy fence cannot be made, nothing is taken (refusals then stay conservative).
-    fn take_back(&self, magazines: &Magazines, pool: bool, tenant: Option<&TenantAccount>) {
-        let list = magazines.lock();
-        // A freeze costs a `membarrier`: skip it when a look at the stocks finds nothing to
-        // take (a stream of refusals then costs no freeze each). The look is racy, exact
-        // at rest, so nothing that fits is refused at rest; slots are bound only under the
-        // lock this caller holds.
-        let pool = pool && list.iter().any(|m| m.pool_stock() > 0);
-        let tenant = tenant.filter(|acc| acc.stock_slots.load(Relaxed) > 0);
-        if !pool && tenant.is_none() {
-            return;
-        }
-        let Some(frozen) = Frozen::freeze(&list) else {
-            return;
-        };
-        for mag in frozen.iter() {
-            if pool {
-                self.usage.fetch_sub(mag.pool_stock(), Relaxed);
-                mag.set_pool_stock(0);
-            }
-            if let Some(acc) = tenant {
-                if let Some(slot) = mag.find(acc) {
-                    Self::unbind(slot);
-                }
-            }
-        }
-    }
-
-    /// Gives a magazine's stocks back (its thread exits): the caller holds the ledger's
-    /// lock and has the magazine to itself.
-    pub(crate) fn retire(&self, mag: Exclusive<'_>) {
-        self.usage.fetch_sub(mag.pool_stock(), Relaxed);
-        mag.set_pool_stock(0);
-        for slot in mag.bound() {
-            Self::unbind(slot);
-        }
-    }
-
-    /// Unbinds a stock slot, giving its stock and buffer count back to its account. The
-    /// slot's binding kept the account alive; the `Release` of `stock_slots` is the last
-    /// access.
-    fn unbind(slot: Slot<'_>) {
-        // SAFETY: a bound slot keeps its account alive (account.rs) until the decrement
-        // of `stock_slots` below.
-        let acc = unsafe { &*slot.account() };
-        acc.buffers.fetch_add(slot.buffers(), Relaxed);
-        acc.usage.fetch_sub(slot.stock(), SeqCst);
-        acc.stock_slots.fetch_sub(1, SeqCst);
-        slot.unbind();
     }
 
     // -------------------------------------------------------------------------------

@@ -1,0 +1,216 @@
+//! Upkeep: what runs over the whole pool rather than one buffer. A thread's magazine
+//! coming home, `trim`, the idle decay and its thread, the live figures, the snapshot, and
+//! the pool's drop. Each freezes the magazines (or has them to itself) and takes the locks
+//! in the order `mod.rs` states.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::account::TenantAccount;
+use super::ledger::Ledger;
+use super::magazine::{Frozen, Magazine};
+use super::{global, pages, PoolInner, PoolRef};
+use crate::snapshot::BufferPoolSnapshot;
+use crate::PoolClass;
+
+impl PoolInner {
+    /// A thread's magazine comes home: its stocks go back to the usage words, its slabs to
+    /// the lists with their units, its counters into the depot's; all under the magazine
+    /// list's lock, so a snapshot sees each figure exactly once. Runs on the thread itself.
+    pub(super) fn retire(&self, magazine: &Arc<Magazine>) {
+        {
+            let _ledger = self.ledger.lock();
+            let mut list = self.magazines.lock();
+            list.retain(|other| !Arc::ptr_eq(other, magazine));
+            // No freezer holds the list lock meanwhile, so no `stealing` flag is set: the
+            // section is never refused (if it were, the slabs would be freed with the
+            // magazine).
+            if let Some(section) = magazine.enter() {
+                self.ledger.retire(*section);
+                self.depot.absorb(*section);
+            }
+        }
+        // Its stocks went back to the usage words: room for waiters, maybe.
+        self.ledger.serve(&self.magazines);
+    }
+
+    /// Frees every idle slab, on the lists and in every thread's magazine, and gives its
+    /// pages back to the system; returns the bytes freed.
+    pub(crate) fn trim(&self) -> u64 {
+        let mut slabs = Vec::new();
+        {
+            let list = self.magazines.lock();
+            let frozen = Frozen::freeze(&list);
+            self.depot.trim(frozen.as_ref(), &mut slabs);
+        }
+        release_counted(slabs)
+    }
+
+    /// The idle decay: if the last decay mark is at least `idle_timeout` old, frees every
+    /// slab that has not moved since (so idle at least that long), in the lists and in
+    /// every thread's magazine, gives its pages back, and marks anew. Returns the bytes
+    /// freed. A slab idle for `idle_timeout` is freed within twice that.
+    pub(crate) fn trim_idle(&self) -> u64 {
+        let Some(timeout) = self.config.idle_timeout else {
+            return 0;
+        };
+        let now = Instant::now();
+        let mut slabs = Vec::new();
+        {
+            let mut mark = self.decay_mark.lock();
+            if now.saturating_duration_since(*mark) < timeout {
+                return 0;
+            }
+            let list = self.magazines.lock();
+            let Some(frozen) = Frozen::freeze(&list) else {
+                return 0; // the fence failed: leave the magazines (and the mark) alone
+            };
+            self.depot.decay(&frozen, &mut slabs);
+            *mark = now;
+        }
+        release_counted(slabs)
+    }
+
+    /// After an acquire's slow path (never a drop's: a decay may take milliseconds): every
+    /// few hundred slow-path events, a look at the clock, and the decay if it is due.
+    pub(super) fn after_slow_acquire(&self) {
+        if self.depot.decay_due() {
+            self.trim_idle();
+        }
+    }
+
+    /// Live bytes: the pool's usage minus every thread's stock, read one after another.
+    /// Exact when nothing moves meanwhile; under traffic it may lag by the buffers in
+    /// flight between threads, and it never reads negative.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        let list = self.magazines.lock();
+        self.ledger.pool_live(list.iter().map(|m| &**m))
+    }
+
+    /// A tenant's live bytes, likewise.
+    pub(crate) fn tenant_live(&self, account: &TenantAccount) -> u64 {
+        let list = self.magazines.lock();
+        Ledger::tenant_live(account, list.iter().map(|m| &**m))
+    }
+
+    /// Every figure, with every magazine frozen: no slab or stock is counted twice or
+    /// missed, and no idle figure passes a cap.
+    pub(crate) fn snapshot(&self) -> BufferPoolSnapshot {
+        let list = self.magazines.lock();
+        let frozen = Frozen::freeze(&list);
+        let mags = || list.iter().map(|m| &**m);
+        let classes = self.depot.figures(&list);
+        let mut snap = BufferPoolSnapshot::empty();
+        for class in PoolClass::all() {
+            let f = classes[class.index()];
+            if class != PoolClass::Oversize {
+                snap.pool_hits.insert(class, f.hits);
+                snap.pool_misses.insert(class, f.misses);
+                snap.idle_slabs.insert(class, f.idle);
+                snap.idle_bytes += f.idle * class.capacity() as u64;
+            } else {
+                snap.oversize_allocations_total = f.misses;
+            }
+            snap.discarded_total.insert(class, f.discarded);
+            if class != PoolClass::Oversize {
+                let decayed = self.depot.decayed(class.index());
+                snap.decayed_slabs_total.insert(class, decayed);
+                snap.decayed_bytes_total
+                    .insert(class, decayed * class.capacity() as u64);
+            }
+            let taken = f.hits + f.misses;
+            snap.outstanding_buffers
+                .insert(class, taken.saturating_sub(f.released));
+        }
+        snap.live_bytes = self.ledger.pool_live(mags());
+        snap.reserved_bytes = self.ledger.reserved();
+        snap.alloc_failures_total = self.depot.alloc_failures();
+        snap.too_large_total = self.ledger.too_large.load(Relaxed);
+        snap.pool_limit_refusals_total = self.ledger.pool_limit_refusals.load(Relaxed);
+        snap.promotions_total = self.promotions.load(Relaxed);
+        for account in self.registry.accounts() {
+            let id = account.id().to_owned();
+            let acc = &*account;
+            snap.tenant_live_bytes
+                .insert(id.clone(), Ledger::tenant_live(acc, mags()));
+            snap.tenant_soft_limit_exceeded_total
+                .insert(id.clone(), acc.soft_exceeded.load(Relaxed));
+            snap.hard_limit_refusals_total
+                .insert(id.clone(), acc.hard_refusals.load(Relaxed));
+            snap.tenant_outstanding_buffers
+                .insert(id.clone(), Ledger::tenant_buffers(acc, mags()));
+            snap.tenant_waiters
+                .insert(id.clone(), acc.waiters.load(Relaxed) as u64);
+            snap.tenant_wait_time_total.insert(
+                id.clone(),
+                Duration::from_nanos(acc.wait_nanos.load(Relaxed)),
+            );
+            if let Some(limit) = acc.hard_limit() {
+                snap.tenant_hard_limit_bytes.insert(id, limit);
+            }
+        }
+        snap.waiters = self.ledger.waiters();
+        snap.wait_time_total = self.ledger.wait_time_total();
+        drop(frozen);
+        snap
+    }
+}
+
+/// Frees `slabs` (pages first, see `pages::release`); returns their bytes.
+fn release_counted(slabs: Vec<Vec<u8>>) -> u64 {
+    let bytes = slabs.iter().map(|slab| slab.capacity() as u64).sum();
+    pages::release(slabs);
+    bytes
+}
+
+/// Runs [`PoolInner::trim_idle`] every quarter of `idle_timeout` on a thread of its own,
+/// until the pool is gone, so a pool with no traffic decays too. `None` if the thread
+/// could not be spawned (the pool then decays through its traffic only).
+pub(crate) fn spawn_decay_thread(pool: &PoolRef) -> Option<()> {
+    let timeout = pool.config.idle_timeout?;
+    let period = (timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(5));
+    enum Held {
+        Global(&'static PoolInner),
+        Built(std::sync::Weak<PoolInner>),
+    }
+    let held = match &pool.owner {
+        None => Held::Global(global()),
+        Some(inner) => Held::Built(Arc::downgrade(inner)),
+    };
+    std::thread::Builder::new()
+        .name("axon-buffer-decay".into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            match &held {
+                Held::Global(inner) => {
+                    inner.trim_idle();
+                }
+                Held::Built(weak) => match weak.upgrade() {
+                    Some(inner) => {
+                        inner.trim_idle();
+                    }
+                    None => return,
+                },
+            }
+        })
+        .ok()
+        .map(drop)
+}
+
+impl Drop for PoolInner {
+    /// The last handle and buffer are gone: free what magazines still hold (their
+    /// threads' entries outlive the pool and must not keep its slabs). No thread can be in
+    /// a section of this pool (that takes a handle or a buffer); if the fence fails anyway,
+    /// each magazine frees its slabs when its thread lets go of it.
+    fn drop(&mut self) {
+        let list = self.magazines.get_mut();
+        if let Some(frozen) = Frozen::freeze(list) {
+            for mag in frozen.iter() {
+                for k in 0..4 {
+                    while mag.pop(k).is_some() {}
+                }
+            }
+        }
+    }
+}
