@@ -159,7 +159,10 @@ unsafe impl Sync for AccountPtr {}
 
 impl AccountPtr {
     pub(crate) fn new(account: &Arc<TenantAccount>) -> AccountPtr {
-        AccountPtr(NonNull::from(&**account))
+        // From `Arc::as_ptr`, not from a reference: the pointer keeps the provenance of the
+        // whole allocation, count included, as `to_arc` needs (Miri checks it).
+        let ptr = Arc::as_ptr(account).cast_mut();
+        AccountPtr(NonNull::new(ptr).expect("an Arc's pointer is never null"))
     }
 
     pub(crate) fn as_ptr(self) -> *mut TenantAccount {
