@@ -233,7 +233,10 @@ fn a_hostile_id_evicts_one_departed_account_not_the_whole_map() {
     let snap = ids(&pool);
     let residents = snap.keys().filter(|id| id.starts_with("resident-")).count();
     assert_eq!(residents, n - 10, "one eviction per new id, not a sweep");
-    assert!(!snap.contains_key("resident-9"), "the oldest departed go first");
+    assert!(
+        !snap.contains_key("resident-9"),
+        "the oldest departed go first"
+    );
     assert!(snap.contains_key("resident-10"));
     // A long flood: every id gets an account of its own, the map stays at its bound.
     for i in 10..5 * n {
