@@ -41,7 +41,6 @@
 //! The hit and return counters are written only by the owner, inside sections, and read by
 //! anyone; a frozen magazine's figures are exact.
 
-use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 #[cfg(not(axon_loom))]
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
@@ -50,6 +49,9 @@ use std::sync::Arc;
 #[cfg(axon_loom)]
 use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 
+mod stack;
+
+use self::stack::Stack;
 use super::account::TenantAccount;
 use super::fence;
 use crate::PoolClass;
@@ -57,105 +59,11 @@ use crate::PoolClass;
 /// How many slabs of each pooled class (in index order) a magazine holds: at most 32 KiB,
 /// 256 KiB, 2 MiB and 10 MiB per thread.
 pub(crate) const ROUNDS: [usize; 4] = [8, 4, 2, 1];
+/// The most rounds any class has.
 const MAX_ROUNDS: usize = 8;
 
 /// Tenants a magazine keeps a stock for at once (the kernel keeps 7 per CPU).
 pub(crate) const SLOTS: usize = 4;
-
-#[cfg(axon_loom)]
-use loom::cell::UnsafeCell;
-
-/// `std`'s `UnsafeCell` with loom's access API, so loom can check every access.
-#[cfg(not(axon_loom))]
-struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
-
-#[cfg(not(axon_loom))]
-impl<T> UnsafeCell<T> {
-    fn new(value: T) -> Self {
-        UnsafeCell(std::cell::UnsafeCell::new(value))
-    }
-
-    #[inline(always)]
-    fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
-        f(self.0.get())
-    }
-}
-
-/// Empty slabs of one capacity: `slots[..len]` own their allocations.
-struct Stack {
-    slots: UnsafeCell<[*mut u8; MAX_ROUNDS]>,
-    /// Written only with the magazine to oneself; read by anyone as a figure.
-    len: AtomicUsize,
-    limit: usize,
-    capacity: usize,
-}
-
-impl Stack {
-    fn new(capacity: usize, limit: usize) -> Stack {
-        assert!(limit <= MAX_ROUNDS, "at most {MAX_ROUNDS} rounds");
-        Stack {
-            slots: UnsafeCell::new([std::ptr::null_mut(); MAX_ROUNDS]),
-            len: AtomicUsize::new(0),
-            limit,
-            capacity,
-        }
-    }
-
-    /// The caller has the stack to itself (a section, a freeze, or `&mut`).
-    #[inline(always)]
-    fn pop_exclusive(&self) -> Option<Vec<u8>> {
-        let len = self.len.load(Relaxed);
-        if len == 0 {
-            return None;
-        }
-        let ptr = self.slots.with_mut(|slots| {
-            // SAFETY: the caller has the stack to itself (the protocol in the module docs),
-            // so nothing else reads or writes the array meanwhile; `len - 1 < MAX_ROUNDS`.
-            unsafe { (*slots)[len - 1] }
-        });
-        self.len.store(len - 1, Relaxed);
-        // SAFETY: `slots[..len]` hold pointers `push_exclusive` took from empty slabs of
-        // exactly `self.capacity`; shortening `len` first made this caller their only owner.
-        Some(unsafe { Vec::from_raw_parts(ptr, 0, self.capacity) })
-    }
-
-    /// The caller has the stack to itself. Moves the `n` oldest slabs (the bottom of the
-    /// stack) into `out`, and the rest down.
-    fn take_bottom(&self, n: usize, out: &mut Vec<Vec<u8>>) {
-        let len = self.len.load(Relaxed);
-        let n = n.min(len);
-        let capacity = self.capacity;
-        self.slots.with_mut(|slots| {
-            // SAFETY: the caller has the stack to itself; `n <= len <= MAX_ROUNDS`.
-            let slots = unsafe { &mut *slots };
-            for &ptr in &slots[..n] {
-                // SAFETY: as in `pop_exclusive`: `slots[..len]` own empty slabs of exactly
-                // `capacity`; each of the first `n` is taken over once, and the `copy_within`
-                // below drops their pointers from the stack before `len` shrinks.
-                out.push(unsafe { Vec::from_raw_parts(ptr, 0, capacity) });
-            }
-            slots.copy_within(n..len, 0);
-        });
-        self.len.store(len - n, Relaxed);
-    }
-
-    /// The caller has the stack to itself. Refuses (hands back) a slab when the first
-    /// `upto` slots are full, or one that is not empty and of exactly the class's capacity.
-    #[inline(always)]
-    fn push_exclusive(&self, upto: usize, slab: Vec<u8>) -> Result<(), Vec<u8>> {
-        let len = self.len.load(Relaxed);
-        if len >= upto.min(self.limit) || slab.capacity() != self.capacity || !slab.is_empty() {
-            return Err(slab);
-        }
-        let ptr = ManuallyDrop::new(slab).as_mut_ptr();
-        self.slots.with_mut(|slots| {
-            // SAFETY: the caller has the stack to itself; `len < limit <= MAX_ROUNDS`.
-            unsafe { (*slots)[len] = ptr };
-        });
-        self.len.store(len + 1, Relaxed);
-        Ok(())
-    }
-}
 
 /// A figure written by one party at a time: a load and a store, no locked instruction.
 #[inline(always)]

@@ -17,7 +17,8 @@
 //!                      │
 //!  magazine.rs  per thread: slab stacks per class, idle units, pool stock, tenant stocks;
 //!               plain loads and stores in a section; `trim`, `snapshot` and the ledger
-//!               freeze all magazines (asymmetric fence, fence.rs) to reach them
+//!               freeze all magazines (asymmetric fence, fence.rs) to reach them;
+//!               magazine/stack.rs: one class's stack of raw slab pointers
 //!                      │ slow path (`obtain_slow` / `give_back_slow`): a stock or a stack
 //!                      │ ran dry or overflowed, or the thread has no magazine
 //!          ┌───────────┴─────────────────────────────┐

@@ -1,0 +1,108 @@
+//! A magazine's stack of empty slabs for one class: an array of raw pointers the owner
+//! pushes and pops with plain loads and stores. Every method expects the caller to have
+//! the stack to itself (a section or a freeze, by the protocol in [`super`]'s docs).
+
+use std::mem::ManuallyDrop;
+use std::sync::atomic::Ordering::Relaxed;
+#[cfg(not(axon_loom))]
+use std::sync::atomic::AtomicUsize;
+
+#[cfg(axon_loom)]
+use loom::sync::atomic::AtomicUsize;
+
+use super::MAX_ROUNDS;
+
+#[cfg(axon_loom)]
+use loom::cell::UnsafeCell;
+
+/// `std`'s `UnsafeCell` with loom's access API, so loom can check every access.
+#[cfg(not(axon_loom))]
+struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(axon_loom))]
+impl<T> UnsafeCell<T> {
+    fn new(value: T) -> Self {
+        UnsafeCell(std::cell::UnsafeCell::new(value))
+    }
+
+    #[inline(always)]
+    fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+/// Empty slabs of one capacity: `slots[..len]` own their allocations.
+pub(super) struct Stack {
+    slots: UnsafeCell<[*mut u8; MAX_ROUNDS]>,
+    /// Written only with the magazine to oneself; read by anyone as a figure.
+    pub(super) len: AtomicUsize,
+    limit: usize,
+    capacity: usize,
+}
+
+impl Stack {
+    pub(super) fn new(capacity: usize, limit: usize) -> Stack {
+        assert!(limit <= MAX_ROUNDS, "at most {MAX_ROUNDS} rounds");
+        Stack {
+            slots: UnsafeCell::new([std::ptr::null_mut(); MAX_ROUNDS]),
+            len: AtomicUsize::new(0),
+            limit,
+            capacity,
+        }
+    }
+
+    /// The caller has the stack to itself (a section, a freeze, or `&mut`).
+    #[inline(always)]
+    pub(super) fn pop_exclusive(&self) -> Option<Vec<u8>> {
+        let len = self.len.load(Relaxed);
+        if len == 0 {
+            return None;
+        }
+        let ptr = self.slots.with_mut(|slots| {
+            // SAFETY: the caller has the stack to itself (the protocol in the module docs),
+            // so nothing else reads or writes the array meanwhile; `len - 1 < MAX_ROUNDS`.
+            unsafe { (*slots)[len - 1] }
+        });
+        self.len.store(len - 1, Relaxed);
+        // SAFETY: `slots[..len]` hold pointers `push_exclusive` took from empty slabs of
+        // exactly `self.capacity`; shortening `len` first made this caller their only owner.
+        Some(unsafe { Vec::from_raw_parts(ptr, 0, self.capacity) })
+    }
+
+    /// The caller has the stack to itself. Moves the `n` oldest slabs (the bottom of the
+    /// stack) into `out`, and the rest down.
+    pub(super) fn take_bottom(&self, n: usize, out: &mut Vec<Vec<u8>>) {
+        let len = self.len.load(Relaxed);
+        let n = n.min(len);
+        let capacity = self.capacity;
+        self.slots.with_mut(|slots| {
+            // SAFETY: the caller has the stack to itself; `n <= len <= MAX_ROUNDS`.
+            let slots = unsafe { &mut *slots };
+            for &ptr in &slots[..n] {
+                // SAFETY: as in `pop_exclusive`: `slots[..len]` own empty slabs of exactly
+                // `capacity`; each of the first `n` is taken over once, and the `copy_within`
+                // below drops their pointers from the stack before `len` shrinks.
+                out.push(unsafe { Vec::from_raw_parts(ptr, 0, capacity) });
+            }
+            slots.copy_within(n..len, 0);
+        });
+        self.len.store(len - n, Relaxed);
+    }
+
+    /// The caller has the stack to itself. Refuses (hands back) a slab when the first
+    /// `upto` slots are full, or one that is not empty and of exactly the class's capacity.
+    #[inline(always)]
+    pub(super) fn push_exclusive(&self, upto: usize, slab: Vec<u8>) -> Result<(), Vec<u8>> {
+        let len = self.len.load(Relaxed);
+        if len >= upto.min(self.limit) || slab.capacity() != self.capacity || !slab.is_empty() {
+            return Err(slab);
+        }
+        let ptr = ManuallyDrop::new(slab).as_mut_ptr();
+        self.slots.with_mut(|slots| {
+            // SAFETY: the caller has the stack to itself; `len < limit <= MAX_ROUNDS`.
+            unsafe { (*slots)[len] = ptr };
+        });
+        self.len.store(len + 1, Relaxed);
+        Ok(())
+    }
+}
