@@ -3,9 +3,9 @@
 //! the stack to itself (a section or a freeze, by the protocol in [`super`]'s docs).
 
 use std::mem::ManuallyDrop;
-use std::sync::atomic::Ordering::Relaxed;
 #[cfg(not(axon_loom))]
 use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 
 #[cfg(axon_loom)]
 use loom::sync::atomic::AtomicUsize;
