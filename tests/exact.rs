@@ -148,12 +148,11 @@ fn a_snapshot_never_counts_a_spill_twice() {
             }
         })
     };
-    // Snapshots race the worker's spills for a number of snapshots *and* of the worker's
-    // rounds: a scheduler that runs one thread at a time (valgrind) must not let either
-    // side finish alone.
-    let (snapshots, min_rounds) = if cfg!(miri) { (20, 2) } else { (5_000, 200) };
-    let mut taken = 0;
-    while taken < snapshots || rounds.load(Relaxed) < min_rounds {
+    // Snapshots race the worker's spills, and every 25 snapshots wait for the worker to
+    // finish a round: a scheduler that runs one thread at a time (valgrind) must not let
+    // either side run alone.
+    let snapshots = if cfg!(miri) { 20 } else { 5_000 };
+    for taken in 1..=snapshots {
         let snap = pool.snapshot();
         let idle = snap.idle_slabs[&PoolClass::Small];
         assert!(
@@ -161,9 +160,11 @@ fn a_snapshot_never_counts_a_spill_twice() {
             "{idle} idle Small slabs with max_idle_per_class(8)"
         );
         assert_eq!(snap.idle_bytes, idle * 4096);
-        taken += 1;
-        if taken >= snapshots {
-            thread::yield_now();
+        if taken % 25 == 0 {
+            let seen = rounds.load(Relaxed);
+            while rounds.load(Relaxed) == seen {
+                thread::yield_now();
+            }
         }
     }
     stop.store(true, Relaxed);
