@@ -86,6 +86,11 @@ fn burst(pool: &BufferPool, n: usize) -> Vec<PooledBuf> {
         .collect()
 }
 
+/// Bytes freed by the decay so far, every class.
+fn decayed_bytes(pool: &BufferPool) -> u64 {
+    pool.snapshot().decayed_bytes_total.values().sum()
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let timeout = Duration::from_millis(args.idle_timeout_ms);
@@ -128,8 +133,13 @@ fn main() -> ExitCode {
                 &pool,
             );
         } else {
-            // Quiet: no traffic, no call. The decay thread frees what stays idle.
-            while pool.snapshot().idle_bytes > 0 && Instant::now() < deadline {
+            // Quiet: no traffic, no call. The decay thread frees what stays idle, and counts
+            // it decayed once its pages are gone.
+            let idle_then = pool.snapshot().idle_bytes;
+            let decayed_by = decayed_bytes(&pool) + idle_then;
+            while (pool.snapshot().idle_bytes > 0 || decayed_bytes(&pool) < decayed_by)
+                && Instant::now() < deadline
+            {
                 std::thread::sleep(timeout / 4);
                 clock.report(&format!("round {round}: quiet"), &pool);
             }

@@ -71,7 +71,8 @@ pub struct BufferPoolSnapshot {
     /// Buffers outstanding per tracked tenant.
     pub tenant_outstanding_buffers: HashMap<String, u64>,
     /// Slabs freed by the idle decay (`idle_timeout`, `trim_idle`), per pooled class (all
-    /// four keys).
+    /// four keys). A slab is counted once it is freed and its pages are given back, a moment
+    /// after it left `idle_slabs`: a snapshot in between sees it in neither.
     pub decayed_slabs_total: HashMap<PoolClass, u64>,
     /// Their capacity, per pooled class (all four keys).
     pub decayed_bytes_total: HashMap<PoolClass, u64>,

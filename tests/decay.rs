@@ -140,8 +140,12 @@ fn the_decay_thread_frees_a_quiet_pools_memory() {
         .idle_decay_thread(true)
         .build();
     drop([pool.acquire(1 << 20), pool.acquire(10 << 20)]);
+    // A slab is counted decayed once its pages are gone, a moment after it stops being idle.
+    let settled = |s: &axon_buffer::BufferPoolSnapshot| {
+        s.idle_bytes == 0 && s.decayed_slabs_total.values().sum::<u64>() == 2
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while pool.snapshot().idle_bytes > 0 && Instant::now() < deadline {
+    while !settled(&pool.snapshot()) && Instant::now() < deadline {
         thread::sleep(T / 2);
     }
     let snap = pool.snapshot();

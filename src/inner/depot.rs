@@ -452,9 +452,12 @@ impl Depot {
 
     /// The idle decay: takes every slab that has not moved since the last decay mark (the
     /// oldest of each list and magazine stack, below their low-water marks), from the
-    /// lists and the frozen magazines, into `out`, and marks anew. Counted per class.
-    pub(crate) fn decay(&self, frozen: &Frozen<'_>, out: &mut Vec<Vec<u8>>) {
-        for k in 0..4 {
+    /// lists and the frozen magazines, into `out`, and marks anew. Returns how many it took
+    /// per class, for the caller to [`count_decayed`](Self::count_decayed) once their pages
+    /// are gone.
+    pub(crate) fn decay(&self, frozen: &Frozen<'_>, out: &mut Vec<Vec<u8>>) -> [u64; 4] {
+        let mut taken = [0; 4];
+        for (k, count) in taken.iter_mut().enumerate() {
             let before = out.len();
             {
                 let mut list = self.lists[k].lock();
@@ -468,8 +471,16 @@ impl Depot {
                 mag.set_held(k, mag.held(k) - n);
                 self.release_units(k, n);
             }
-            let n = (out.len() - before) as u64;
-            self.decayed[k].fetch_add(n, Relaxed);
+            *count = (out.len() - before) as u64;
+        }
+        taken
+    }
+
+    /// Counts slabs the decay took as decayed, after their pages went back to the system:
+    /// a snapshot that reads them decayed never finds their memory still resident.
+    pub(crate) fn count_decayed(&self, taken: [u64; 4]) {
+        for (counter, n) in self.decayed.iter().zip(taken) {
+            counter.fetch_add(n, Relaxed);
         }
     }
 

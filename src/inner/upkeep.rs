@@ -57,6 +57,7 @@ impl PoolInner {
         };
         let now = Instant::now();
         let mut slabs = Vec::new();
+        let taken;
         {
             let mut mark = self.decay_mark.lock();
             if now.saturating_duration_since(*mark) < timeout {
@@ -66,10 +67,12 @@ impl PoolInner {
             let Some(frozen) = Frozen::freeze(&list) else {
                 return 0; // the fence failed: leave the magazines (and the mark) alone
             };
-            self.depot.decay(&frozen, &mut slabs);
+            taken = self.depot.decay(&frozen, &mut slabs);
             *mark = now;
         }
-        release_counted(slabs)
+        let bytes = release_counted(slabs);
+        self.depot.count_decayed(taken);
+        bytes
     }
 
     /// After an acquire's slow path (never a drop's: a decay may take milliseconds): every
