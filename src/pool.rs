@@ -67,8 +67,9 @@
 //!   fence about 250 (session 2), where a tenant added four locked instructions (+21 to
 //!   +25 ns: the account's `Arc` clone and drop, the charge's compare-and-swap, the
 //!   debit).
-//! * The ledger's stocks take the tenant's locked instructions away: 236 instructions
-//!   untenanted, 268 tenanted (glibc's `Vec`: 356). Getting there: the global pool's
+//! * The ledger's stocks take the tenant's locked instructions away: 237 instructions
+//!   untenanted, 273 tenanted (glibc's `Vec`: 351; before the ledger 273 and 318, and a
+//!   tenant took 2.1 times the untenanted cycle's time). Getting there: the global pool's
 //!   magazine as a destructor-free thread-local pointer (-12), the fence mode kept in
 //!   the magazine (-4), acquire and drop inlined into the caller and the slab in a
 //!   `ManuallyDrop` (-21).
