@@ -72,11 +72,11 @@ impl PoolRef {
         } else {
             self.find_local()?
         };
-        // SAFETY: `ptr` points into an `Arc<Magazine>` held by this thread's entry
-        // (`GLOBAL_LOCAL`, whose destructor nulls `GLOBAL_MAGAZINE` before letting go, or
-        // `LOCAL` for a pool that is alive: `self` keeps it so) and by the pool's magazine
-        // list until `retire`; only the entry's destructor lets go of both, at this
-        // thread's exit, never during a call. Magazines are only shared.
+        // `ptr` points into an `Arc<Magazine>` held by this thread's entry (`GLOBAL_LOCAL`,
+        // whose destructor nulls `GLOBAL_MAGAZINE` before letting go, or `LOCAL` for a pool
+        // that is alive: `self` keeps it so) and by the pool's magazine list until `retire`.
+        // SAFETY: so it is valid for this call: only the entry's destructor lets go of both,
+        // at this thread's exit, never during a call; and magazines are only shared.
         Some(unsafe { ptr.as_ref() })
     }
 

@@ -107,10 +107,11 @@ pub(crate) struct Magazine {
     returned: [AtomicU64; 4],
 }
 
-// SAFETY: the raw pointers are allocations the stacks own (like the `Vec`s they came
-// from, which are `Send + Sync`) and accounts the ledger keeps alive while a slot is bound
-// (`account.rs`); which thread may touch them, and when, is the protocol in the module
-// docs, and every other field is an atomic.
+// The raw pointers are allocations the stacks own (like the `Vec`s they came from, which
+// are `Send + Sync`) and accounts the ledger keeps alive while a slot is bound
+// (`account.rs`).
+// SAFETY: so they may move between threads; which thread may touch them, and when, is the
+// protocol in the module docs, and every other field is an atomic.
 unsafe impl Send for Magazine {}
 // SAFETY: as for `Send`: shared access to the stacks happens only inside a section (the
 // owner) or a freeze (one freezer), which exclude each other; the rest is atomics.

@@ -48,11 +48,12 @@ fn give_pages_back(slab: &mut Vec<u8>) {
     if len == 0 {
         return;
     }
-    // SAFETY: `[start + offset, start + offset + len)` lies inside the slab's allocation,
-    // which this `Vec` owns and is about to free; nothing reads its bytes meanwhile (the
-    // slab is empty). MADV_DONTNEED only drops the pages: a later access (the allocator
-    // reusing the block) finds them zero-filled, which any fresh allocation may be. It
-    // touches no memory of anyone else, and an error (say, EINVAL) changes nothing.
+    // `[start + offset, start + offset + len)` lies inside the slab's allocation, which
+    // this `Vec` owns and is about to free; nothing reads its bytes meanwhile (the slab is
+    // empty). MADV_DONTNEED only drops the pages: a later access (the allocator reusing
+    // the block) finds them zero-filled, which any fresh allocation may be.
+    // SAFETY: so the call touches only memory this slab owns, and leaves it valid; an
+    // error (say, EINVAL) changes nothing.
     unsafe {
         libc::madvise(start.add(offset).cast(), len, libc::MADV_DONTNEED);
     }
