@@ -64,7 +64,7 @@
 //!
 //! * The first design (mutex lists, shared atomics) took 736 instructions per Small
 //!   64-byte cycle; a cache of `AtomicPtr` slots about 460; stacks behind the asymmetric
-//!   fence about 250 (session 2), where a tenant added four locked instructions (+21 to
+//!   fence about 250, where a tenant added four locked instructions (+21 to
 //!   +25 ns: the account's `Arc` clone and drop, the charge's compare-and-swap, the
 //!   debit).
 //! * The ledger's stocks take the tenant's locked instructions away: 237 instructions
@@ -74,7 +74,7 @@
 //!   the magazine (-4), acquire and drop inlined into the caller and the slab in a
 //!   `ManuallyDrop` (-21).
 //! * Returns reserve one idle-budget unit at a time: two at a time saved 6 ns on batched
-//!   freezes and cost 35 ns per buffer returned by another thread (session 2).
+//!   freezes and cost 35 ns per buffer returned by another thread.
 //!
 //! The tables against `Vec`, `BytesMut` and the peer crates are in the README's
 //! Performance section and `benches/README.md`.
