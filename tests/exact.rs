@@ -161,9 +161,11 @@ fn a_snapshot_never_counts_a_spill_twice() {
         );
         assert_eq!(snap.idle_bytes, idle * 4096);
         if taken % 25 == 0 {
+            // Sleep, not yield: a scheduler that runs one thread at a time may hand a
+            // yielding thread its turn straight back.
             let seen = rounds.load(Relaxed);
             while rounds.load(Relaxed) == seen {
-                thread::yield_now();
+                thread::sleep(std::time::Duration::from_micros(50));
             }
         }
     }
