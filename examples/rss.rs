@@ -135,11 +135,8 @@ fn main() -> ExitCode {
         } else {
             // Quiet: no traffic, no call. The decay thread frees what stays idle, and counts
             // it decayed once its pages are gone.
-            let idle_then = pool.snapshot().idle_bytes;
-            let decayed_by = decayed_bytes(&pool) + idle_then;
-            while (pool.snapshot().idle_bytes > 0 || decayed_bytes(&pool) < decayed_by)
-                && Instant::now() < deadline
-            {
+            let decayed_by = decayed_bytes(&pool) + pool.snapshot().idle_bytes;
+            while decayed_bytes(&pool) < decayed_by && Instant::now() < deadline {
                 std::thread::sleep(timeout / 4);
                 clock.report(&format!("round {round}: quiet"), &pool);
             }

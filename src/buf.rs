@@ -700,7 +700,6 @@ unsafe impl BufMut for PooledBuf {
             .saturating_sub(self.len())
     }
 
-    #[inline]
     /// # Panics
     ///
     /// When `cnt` is more than the chunk `chunk_mut` lends.
@@ -708,6 +707,7 @@ unsafe impl BufMut for PooledBuf {
     /// # Safety
     ///
     /// `BufMut::advance_mut`'s: the first `cnt` bytes of the chunk lent are initialised.
+    #[inline]
     unsafe fn advance_mut(&mut self, cnt: usize) {
         let lendable = self.spare_within_limit();
         assert!(

@@ -185,12 +185,12 @@ impl AccountPtr {
         }
     }
 
-    #[inline(always)]
     /// The account.
     ///
     /// # Safety
     ///
     /// The caller holds a charge on the account (or a bound stock slot) for all of `'a`.
+    #[inline(always)]
     pub(crate) unsafe fn get<'a>(self) -> &'a TenantAccount {
         // SAFETY: the caller's charge keeps the account allocated (module docs), and it is
         // only ever shared.
