@@ -7,7 +7,6 @@ use crate::PoolClass;
 
 /// The pool's figures at one moment, for metrics export and tests.
 ///
-/// The seed's six fields keep their names and types; the rest were added for operators.
 /// Each figure is read atomically on its own; figures that change together under one lock
 /// (a class's hits, idle slabs and returns; the tenant map) are consistent with each other.
 /// When nothing is outstanding, every live figure is exactly 0.

@@ -185,8 +185,9 @@ impl Tenant {
     }
 
     /// Charges `bytes` to the tenant (and the pool's live bytes) without allocating, until
-    /// the returned [`Reservation`] drops: the RAII form of the seed's
-    /// `record_tenant_allocation` / `record_tenant_release`.
+    /// the returned [`Reservation`] drops: for memory the tenant holds outside the pool
+    /// (a decoder's state, a buffer of another crate), so its limits and figures cover it.
+    /// The charge counts against the soft and hard limits exactly as a buffer's does.
     ///
     /// # Panics
     ///
