@@ -2,8 +2,11 @@
 //! pooled buffer charged to the tenant named in the path.
 //!
 //! ```text
-//! cargo run --example axum --features axum
+//! cargo run --example axum
 //! ```
+//!
+//! No feature flag: the crate's dev-dependency on itself turns on `axum` (and `http-body`)
+//! for its examples.
 //!
 //! It serves on a loopback port, sends itself one upload with hyper's client, prints the
 //! answer and exits. `examples/ingest.rs` is the full server: fan-out to consumers,

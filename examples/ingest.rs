@@ -889,9 +889,11 @@ fn print_summary(
         human(snapshot.live_bytes)
     );
     println!(
-        "idle        {} in {} slabs, kept for reuse until idle --idle-timeout-secs (the decay frees them)",
+        "idle        {} in {} slabs in the snapshot after the last request; the decay thread \
+         frees a slab once it has been idle {} s (--idle-timeout-secs), within twice that",
         human(snapshot.idle_bytes),
-        snapshot.idle_slabs.values().sum::<u64>()
+        snapshot.idle_slabs.values().sum::<u64>(),
+        args.idle_timeout_secs,
     );
 }
 
@@ -926,7 +928,9 @@ fn check_at_rest(pool: &BufferPool, ids: &[String], snapshot: &BufferPoolSnapsho
     }
     if ok {
         println!(
-            "at rest     every tenant reserved its hard limit (or 1 MiB) again: nothing is held"
+            "at rest     live bytes 0 for the pool and each of the {} tenants, and each tenant \
+             could reserve its whole hard limit (1 MiB where it has none), released at once",
+            ids.len()
         );
     }
     ok
