@@ -6,8 +6,9 @@
 //! loop serves every body:
 //!
 //! 1. The body's [`size_hint`](http_body::Body::size_hint) decides the first buffer. An
-//!    exact hint (a `Content-Length`) of at most `max` bytes is one acquire of exactly that
-//!    many bytes, so the buffer is in its final class from the start and is never promoted.
+//!    exact hint (a `Content-Length`) of at most `max` bytes is one acquire of that many
+//!    bytes, so the buffer is in its final class from the start and is never promoted (and
+//!    is charged that class's slab, as every buffer is).
 //!    A lower bound above `max` is refused before anything is read or acquired. Any other
 //!    hint gives a first buffer of the lower bound, or, with no lower bound (a chunked
 //!    upload), one the size of the first data chunk.
@@ -78,8 +79,39 @@ pub enum CollectError<E> {
     /// The pool refused the buffer or a growth step: a hard limit, `max_live_bytes`,
     /// `max_request_bytes` or the allocator. [`PoolError::waiting_helps`] says whether the
     /// same body can fit later.
-    #[error("the pool refused memory for the request body")]
-    Pool(#[from] PoolError),
+    ///
+    /// The message includes the [`PoolError`]'s, with its figures (the charge, the limit,
+    /// the live bytes), so the error is not also its
+    /// [`source`](std::error::Error::source): a report that prints the chain prints them
+    /// once. Match the variant to get the `PoolError` itself.
+    ///
+    /// ```
+    /// use axon_buffer::{BufferPool, CollectError};
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    ///
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// let pool = BufferPool::default();
+    /// let tenant = pool.tenant("acme");
+    /// tenant.set_hard_limit(Some(8 << 20));
+    /// let body = Full::new(Bytes::from(vec![0u8; 5 << 20])); // 5 MiB: a 10 MiB Huge slab
+    /// let err = tenant.collect_body(body, 16 << 20).await.unwrap_err();
+    /// assert!(matches!(err, CollectError::Pool(_)));
+    /// let logged = err.to_string();
+    /// assert!(logged.starts_with("the pool refused memory for the request body: tenant \"acme\""));
+    /// assert!(logged.contains("a charge of 10 MiB"));
+    /// assert!(logged.contains("past its limit of 8 MiB"));
+    /// # });
+    /// ```
+    #[error("the pool refused memory for the request body: {0}")]
+    Pool(PoolError),
+}
+
+impl<E> From<PoolError> for CollectError<E> {
+    fn from(err: PoolError) -> Self {
+        CollectError::Pool(err)
+    }
 }
 
 impl Tenant {
@@ -87,14 +119,17 @@ impl Tenant {
     /// more than `max` bytes.
     ///
     /// A body with an exact size hint (a request with `Content-Length`) of at most `max`
-    /// bytes takes one buffer of exactly that size, in its final class, and is never
+    /// bytes takes one buffer for that many bytes, in its final class, and is never
     /// promoted; one whose hint passes `max` is refused before anything is read or
     /// acquired. A body of unknown length (chunked) starts with a buffer the size of its
     /// first data chunk and grows as chunks arrive. Each byte is copied once, from the
     /// body's chunks into the buffer; trailers are ignored.
     ///
     /// `max` is the caller's limit on the body; the tenant's hard limit and the pool's
-    /// limits apply on top of it, to the buffer's capacity (its class), as for any buffer.
+    /// limits apply on top of it, to the buffer's charge: its class's slab, as for any
+    /// buffer. A 300 KB body is charged 1 MiB (a Large slab), a 5 MiB body 10 MiB (a Huge
+    /// slab), so an 8 MiB hard limit refuses a 5 MiB body; above 10 MiB the charge is the
+    /// body's exact size.
     ///
     /// # Examples
     ///

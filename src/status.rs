@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+#[cfg(feature = "axum")]
+use crate::error::{ClassCharge, Size};
 use crate::{CollectError, PoolError};
 
 /// The `Retry-After` hint of a refusal that waiting can fix.
@@ -25,6 +27,8 @@ impl PoolError {
     /// | `TenantHardLimit`, waiting helps | 429 Too Many Requests | 1 s |
     /// | `PoolLimit`, waiting helps | 503 Service Unavailable | 1 s |
     /// | `TenantHardLimit` or `PoolLimit`, larger than the limit | 413 Content Too Large | |
+    /// | `WaitDeadlock` of a tenant's hard limit | 429 Too Many Requests | 1 s |
+    /// | `WaitDeadlock` of `max_live_bytes` | 503 Service Unavailable | 1 s |
     /// | `AllocFailed` | 503 Service Unavailable | |
     /// | `GlobalAlreadyInitialized` | 500 Internal Server Error | |
     ///
@@ -62,6 +66,10 @@ impl PoolError {
             PoolError::TenantHardLimit { .. } | PoolError::PoolLimit { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            PoolError::WaitDeadlock {
+                tenant: Some(_), ..
+            } => StatusCode::TOO_MANY_REQUESTS,
+            PoolError::WaitDeadlock { tenant: None, .. } => StatusCode::SERVICE_UNAVAILABLE,
             PoolError::AllocFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             PoolError::GlobalAlreadyInitialized => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -69,7 +77,8 @@ impl PoolError {
 
     /// How long a client should wait before sending the same request again, for a
     /// `Retry-After` header: one second when [`waiting_helps`](Self::waiting_helps) (the
-    /// 429 and 503 limit refusals), `None` otherwise. An allocator failure gets no hint:
+    /// 429 and 503 limit refusals) and for a [`WaitDeadlock`](PoolError::WaitDeadlock)
+    /// (the same request alone, later, may fit), `None` otherwise. An allocator failure gets no hint:
     /// nothing says when memory comes back.
     ///
     /// # Examples
@@ -86,27 +95,110 @@ impl PoolError {
     /// # drop(held);
     /// ```
     pub fn retry_after(&self) -> Option<Duration> {
-        self.waiting_helps().then_some(RETRY_AFTER)
+        let again = self.waiting_helps() || matches!(self, PoolError::WaitDeadlock { .. });
+        again.then_some(RETRY_AFTER)
     }
 
-    /// A short text for the response body: why, never whose data.
+    /// A short text for the response body: why, with the figures of the decision that
+    /// concern the client (what its request is charged, its tenant's limit and live bytes),
+    /// never whose data, nor the tenant's id, nor what the pool holds for others.
     #[cfg(feature = "axum")]
     fn reason(&self) -> String {
-        let waits = self.waiting_helps();
-        match self {
-            PoolError::TooLarge { max, .. } => format!("request too large: at most {max} bytes"),
-            PoolError::TenantHardLimit { .. } if waits => {
-                "the tenant's memory limit is reached: retry later".into()
-            }
-            PoolError::TenantHardLimit { .. } => {
-                "request larger than the tenant's memory limit".into()
-            }
-            PoolError::PoolLimit { .. } if waits => {
-                "the server's memory limit is reached: retry later".into()
-            }
-            PoolError::PoolLimit { .. } => "request larger than the server's memory limit".into(),
+        match *self {
+            PoolError::TooLarge { requested, max } => match requested {
+                u64::MAX => format!("request too large: at most {}", Size(max)),
+                _ => format!(
+                    "request too large: {} asked, at most {}",
+                    Size(requested),
+                    Size(max)
+                ),
+            },
+            PoolError::TenantHardLimit {
+                requested,
+                live,
+                limit,
+                needed,
+                ..
+            } if self.waiting_helps() => format!(
+                "the tenant's memory limit is reached: {} and the tenant holds {} of its {} \
+                 hard limit; retry later",
+                Charged { requested, needed },
+                Size(live),
+                Size(limit),
+            ),
+            PoolError::TenantHardLimit { limit, needed, .. } => format!(
+                "request larger than the tenant's memory limit: {}, more than the tenant's {} \
+                 hard limit",
+                Charged {
+                    requested: needed,
+                    needed
+                },
+                Size(limit),
+            ),
+            PoolError::PoolLimit {
+                requested, needed, ..
+            } if self.waiting_helps() => format!(
+                "the server's memory limit is reached: {}; retry later",
+                Charged { requested, needed },
+            ),
+            PoolError::PoolLimit { limit, needed, .. } => format!(
+                "request larger than the server's memory limit: {}, more than the server's {} \
+                 limit",
+                Charged {
+                    requested: needed,
+                    needed
+                },
+                Size(limit),
+            ),
+            PoolError::WaitDeadlock {
+                ref tenant,
+                requested,
+                held,
+                limit,
+                ..
+            } => format!(
+                "{}: this request's buffer holds {} and needs {} more, and every byte under \
+                 the {} limit is held by requests waiting like it; retry later",
+                match tenant {
+                    Some(_) => "the tenant's memory limit is held by its waiting requests",
+                    None => "the server's memory limit is held by waiting requests",
+                },
+                Size(held),
+                Size(requested),
+                Size(limit),
+            ),
             PoolError::AllocFailed { .. } => "the server is out of memory".into(),
             PoolError::GlobalAlreadyInitialized => "internal server error".into(),
+        }
+    }
+}
+
+/// What a refused request is charged, and why when that is a class's slab: `this request
+/// is charged 10 MiB (any buffer above 1 MiB up to 10 MiB is charged its 10 MiB Huge slab)`,
+/// or for a growth step `this request's buffer grows to 10 MiB, a charge of 9 MiB more`.
+#[cfg(feature = "axum")]
+struct Charged {
+    requested: u64,
+    needed: u64,
+}
+
+#[cfg(feature = "axum")]
+impl std::fmt::Display for Charged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Charged { requested, needed } = *self;
+        if needed == requested {
+            write!(f, "this request is charged {}", Size(needed))?;
+        } else {
+            write!(
+                f,
+                "this request's buffer grows to {}, a charge of {} more",
+                Size(needed),
+                Size(requested)
+            )?;
+        }
+        match ClassCharge::of(needed) {
+            Some(class) => write!(f, " ({class})"),
+            None => Ok(()),
         }
     }
 }
@@ -172,7 +264,7 @@ impl<E> CollectError<E> {
         match self {
             CollectError::Body(_) => "broken request body".into(),
             CollectError::TooLarge { max, .. } => {
-                format!("request body too large: at most {max} bytes")
+                format!("request body too large: at most {}", Size(*max as u64))
             }
             CollectError::Pool(err) => err.reason(),
         }
@@ -200,8 +292,9 @@ mod axum_response {
     }
 
     /// Feature `axum`: the status of [`PoolError::status_code`], a `Retry-After` header
-    /// when [`PoolError::retry_after`] gives one, and a one-line plain-text reason (no
-    /// tenant id, no figure but the request maximum).
+    /// when [`PoolError::retry_after`] gives one, and a one-line plain-text reason: what
+    /// the request is charged against which limit (for a tenant's limit, also what the
+    /// tenant holds), never the tenant's id nor what the pool holds for others.
     ///
     /// ```
     /// use axon_buffer::BufferPool;

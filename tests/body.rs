@@ -687,8 +687,11 @@ mod axum_responses {
         let reason = text(response).await;
         assert_eq!(
             reason,
-            "the tenant's memory limit is reached: retry later\n"
+            "the tenant's memory limit is reached: this request is charged 4 KiB (any buffer \
+             up to 4 KiB is charged its 4 KiB Small slab) and the tenant holds 1 MiB of its \
+             1 MiB hard limit; retry later\n"
         );
+        assert!(!reason.contains("secret-tenant-id") && !reason.contains("private payload"));
         drop(held);
 
         // Never fits: 413, no Retry-After.
@@ -701,7 +704,9 @@ mod axum_responses {
         assert!(response.headers().get(http::header::RETRY_AFTER).is_none());
         assert_eq!(
             text(response).await,
-            "request larger than the tenant's memory limit\n"
+            "request larger than the tenant's memory limit: this request is charged 10 MiB \
+             (any buffer above 1 MiB up to 10 MiB is charged its 10 MiB Huge slab), more than \
+             the tenant's 1 MiB hard limit\n"
         );
 
         // The plain PoolError answers the same way.
@@ -732,7 +737,7 @@ mod axum_responses {
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(
             text(response).await,
-            "request body too large: at most 1024 bytes\n"
+            "request body too large: at most 1 KiB\n"
         );
     }
 }
