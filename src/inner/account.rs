@@ -58,6 +58,9 @@ pub(crate) struct TenantAccount {
     pub(crate) waiters: AtomicUsize,
     /// Time its requests have spent waiting, in all, in nanoseconds.
     pub(crate) wait_nanos: AtomicU64,
+    /// Bytes its waiting requests hold already (growing buffers), under the ledger's lock:
+    /// when they are all its live bytes, its waiters wait for each other (`wait.rs`).
+    pub(crate) waiting_held: AtomicU64,
 }
 
 impl TenantAccount {
@@ -81,6 +84,7 @@ impl TenantAccount {
             queued: AtomicBool::new(false),
             waiters: AtomicUsize::new(0),
             wait_nanos: AtomicU64::new(0),
+            waiting_held: AtomicU64::new(0),
         }
     }
 

@@ -342,12 +342,15 @@ impl Ledger {
 
     fn count_refusal(&self, err: &PoolError, account: Option<&TenantAccount>) {
         match err {
-            PoolError::TenantHardLimit { .. } => {
+            PoolError::TenantHardLimit { .. }
+            | PoolError::WaitDeadlock {
+                tenant: Some(_), ..
+            } => {
                 if let Some(acc) = account {
                     acc.hard_refusals.fetch_add(1, Relaxed);
                 }
             }
-            PoolError::PoolLimit { .. } => {
+            PoolError::PoolLimit { .. } | PoolError::WaitDeadlock { tenant: None, .. } => {
                 self.pool_limit_refusals.fetch_add(1, Relaxed);
             }
             _ => {

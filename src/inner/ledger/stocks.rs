@@ -3,6 +3,7 @@
 //! slot given up for another tenant.
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::Arc;
 
 use super::{Ledger, Magazines};
 use crate::inner::account::{AccountPtr, TenantAccount};
@@ -75,10 +76,23 @@ impl Ledger {
         // lock this caller holds.
         let pool = pool && list.iter().any(|m| m.pool_stock() > 0);
         let tenant = tenant.filter(|acc| acc.stock_slots.load(Relaxed) > 0);
-        if !pool && tenant.is_none() {
-            return;
+        if pool || tenant.is_some() {
+            self.take_from(&list, pool, tenant);
         }
-        let Some(frozen) = Frozen::freeze(&list) else {
+    }
+
+    /// Takes back every thread's pool stock, freezing even when a look finds none: once
+    /// `pool_waits` is up, a drop in progress on another thread may be about to stock its
+    /// bytes (it read the flag before it went up), and only the freeze waits for it to
+    /// finish. The caller holds the ledger's lock.
+    pub(super) fn take_back_pool_stocks(&self, magazines: &Magazines) {
+        let list = magazines.lock();
+        self.take_from(&list, true, None);
+    }
+
+    /// Freezes `list` and takes its pool stocks (`pool`) and `tenant`'s stocks back.
+    fn take_from(&self, list: &[Arc<Magazine>], pool: bool, tenant: Option<&TenantAccount>) {
+        let Some(frozen) = Frozen::freeze(list) else {
             return;
         };
         for mag in frozen.iter() {
