@@ -7,7 +7,7 @@
 //!
 //! * **Classes.** Four pooled size classes (4 KiB, 64 KiB, 1 MiB, 10 MiB), each with a free
 //!   list of slabs of exactly the class's capacity, and an Oversize path allocated to size
-//!   and never pooled (the seed's table). Oversize growth at least doubles, unless the
+//!   and never pooled. Oversize growth at least doubles, unless the
 //!   doubling alone would pass a limit's room (or a body's `max`): then it takes what it
 //!   needs.
 //! * **Magazines** (`inner/magazine.rs`, Bonwick and Adams' per-CPU magazines, per thread
@@ -39,10 +39,16 @@
 //!   every debit that reaches a word, limit change and stock given back runs a pass when
 //!   anyone waits (`SeqCst` on both sides of the register/debit handshake, checked by a
 //!   loom model). With nobody waiting, a drop pays one load of a flag.
-//! * **Idle decay.** No clock on the fast path: each list and stack keeps a low-water mark
-//!   since the last decay mark (jemalloc's tcache GC), so slabs below it have not moved
-//!   since. The decay runs every few hundred slow-path acquires, on `trim_idle`, or on
-//!   an opt-in thread; freed slabs of 64 KiB and more give their pages back with
+//! * **Idle decay** (`inner/upkeep.rs`, `inner/decay.rs`, `inner/clock.rs`). Every idle
+//!   slab carries the time it went idle, read from a process-wide coarse clock (one
+//!   relaxed load on the return's fast path; the real clock costs 20 ns) that whatever
+//!   reads the real clock moves forward. A decay frees every slab stamped long enough
+//!   ago, in one pass, wherever it waits. It runs from three places, never a drop: a
+//!   countdown in each thread's magazine, every 1024 acquires (jemalloc's ticker: a load,
+//!   a decrement and a store on the fast path); one background thread for every pool of
+//!   the process, on by default, started when a slab first goes idle, ticking every
+//!   quarter timeout while anything is idle and parked with no wakeups while nothing is;
+//!   and `trim_idle`. Freed slabs of 64 KiB and more give their pages back with
 //!   `madvise(MADV_DONTNEED)`, so RSS falls whatever glibc keeps in its heap.
 //! * **Tenants** (`inner/account.rs`, `inner/registry.rs`). Buffers hold their account by
 //!   a plain pointer (the charge keeps it alive; account.rs argues why), handles by `Arc`.
@@ -215,7 +221,8 @@ impl BufferPool {
         Tenant::new(self.inner.clone(), self.inner.tenant_account(id))
     }
 
-    /// Sets tenant `id`'s soft limit, registering it if needed (the seed's override).
+    /// Sets tenant `id`'s soft limit, registering it if needed; it overrides the pool's
+    /// default soft limit for that tenant.
     pub fn set_tenant_soft_limit(&self, id: &str, soft_limit_bytes: u64) {
         let account = self.inner.tenant_account(id);
         self.inner
@@ -238,21 +245,22 @@ impl BufferPool {
         self.inner.trim()
     }
 
-    /// Frees, at once, the slabs that have been idle at least `idle_timeout` (see
+    /// Frees, at once, every slab idle at least `idle_timeout` (see
     /// [`BufferPoolBuilder::idle_timeout`]), in the shared lists and in every thread's
     /// cache, also of threads that went quiet, and gives their pages back to the system as
     /// [`trim`](Self::trim) does. Returns the bytes freed: 0 when the pool has no idle
-    /// timeout, or when its last decay was less than `idle_timeout` ago.
+    /// timeout or nothing is that old. One call is enough, however long nothing ran
+    /// before, and calling it often is fine (with nothing idle it freezes nothing).
     ///
-    /// The pool runs this itself every few hundred slow-path acquires (misses, refills from
-    /// the shared lists), never on the fast path and never in a drop; a pool with no
-    /// traffic at all decays through [`BufferPoolBuilder::idle_decay_thread`], or through
-    /// calls to this method (from a timer of the application's runtime, say).
+    /// You rarely need it: the pool decays by itself, with no call, on its decay thread
+    /// ([`BufferPoolBuilder::idle_decay_thread`], on by default) and every 1024 acquires
+    /// of each thread (fast paths included), never in a drop.
     ///
-    /// Idle is measured without a clock on the fast path: each list and thread cache keeps
-    /// the fewest slabs it held since the last decay (jemalloc's low-water mark), so the
-    /// slabs below that mark have not moved since. A slab idle for `idle_timeout` is
-    /// therefore freed within twice that; one that moved in the meantime is not.
+    /// Idle time is measured from a coarse clock that the pool moves forward whenever it
+    /// reads the real one (its decay thread does at least every quarter timeout while
+    /// anything is idle; a return's fast path only reads the coarse one), so a slab's idle
+    /// time may be overstated by the clock's lag, and a slab idle a little less than
+    /// `idle_timeout` (by at most that lag) may go too.
     ///
     /// # Examples
     ///
@@ -262,12 +270,12 @@ impl BufferPool {
     ///
     /// let pool = BufferPool::builder()
     ///     .idle_timeout(Some(Duration::from_millis(10)))
+    ///     .idle_decay_thread(false) // so that the call below finds the slab
     ///     .build();
     /// drop(pool.acquire(1 << 20)); // one idle Large slab
+    /// assert_eq!(pool.trim_idle(), 0); // idle for less than the timeout: kept
     /// std::thread::sleep(Duration::from_millis(15));
-    /// pool.trim_idle(); // marks: the slab has not moved since
-    /// std::thread::sleep(Duration::from_millis(15));
-    /// assert_eq!(pool.trim_idle(), 1 << 20); // idle a whole timeout since the mark: freed
+    /// assert_eq!(pool.trim_idle(), 1 << 20); // idle a whole timeout: freed
     /// let snap = pool.snapshot();
     /// assert_eq!(snap.idle_slabs[&PoolClass::Large], 0);
     /// assert_eq!(snap.decayed_slabs_total[&PoolClass::Large], 1);
@@ -311,7 +319,7 @@ impl BufferPool {
 }
 
 impl Default for BufferPool {
-    /// A pool with a 256 MiB default soft limit per tenant, as the seed.
+    /// A pool with every knob at its default (a 256 MiB default soft limit per tenant).
     fn default() -> Self {
         Self::builder().build()
     }
@@ -379,7 +387,7 @@ impl BufferPoolBuilder {
     }
 
     /// Most slabs kept idle per class; a slab returned to a full list is freed and counted
-    /// in `discarded_total`. Default 64, as the seed.
+    /// in `discarded_total`. Default 64.
     pub fn max_idle_per_class(mut self, slabs: usize) -> Self {
         self.config.max_idle_per_class = slabs;
         self
@@ -438,36 +446,59 @@ impl BufferPoolBuilder {
     /// How long a slab may sit idle before the pool frees it (and gives its pages back to
     /// the system): `None` never frees by age. Default 20 s.
     ///
+    /// With the decay thread ([`idle_decay_thread`](Self::idle_decay_thread), on by
+    /// default), a slab idle `idle_timeout` is freed within `idle_timeout` plus two
+    /// periods (a period is a quarter of the timeout, at most 5 s: so within 1.5 times the
+    /// timeout, 30 s by default), never before `idle_timeout`, whether traffic goes on or
+    /// stops. Without the thread, traffic decays the pool (every 1024 acquires of each
+    /// thread), on the traffic's schedule; a pool with no traffic at all keeps its idle
+    /// slabs until [`BufferPool::trim_idle`] or [`BufferPool::trim`].
+    ///
     /// Why 20 s: a freed 10 MiB slab costs about 5 ms of page faults to fill again
     /// (measured on this crate's reference machine), so freeing one that turns out to be
     /// needed again costs at most 5 ms per 20 s, 0.025% of a core; meanwhile a burst's
-    /// memory leaves within 20 to 40 s. (.NET's ArrayPool trims after 60 s, jemalloc
-    /// decays dirty pages over 10 s.) See [`BufferPool::trim_idle`].
+    /// memory leaves within 25 to 30 s. (.NET's ArrayPool trims after 60 s, jemalloc
+    /// decays dirty pages over 10 s.)
     pub fn idle_timeout(mut self, after: Option<std::time::Duration>) -> Self {
         self.config.idle_timeout = after;
         self
     }
 
-    /// Run the idle decay on a background thread of its own (named `axon-buffer-decay`),
-    /// every quarter of `idle_timeout` (at most every 5 s), so that a pool with no traffic
-    /// at all still gives its idle memory back. Default off: without it, the pool decays
-    /// through its own slow-path acquires, and an application can call
-    /// [`BufferPool::trim_idle`] from a timer instead. The thread holds the pool weakly
-    /// and ends once the pool is gone; if it cannot be spawned, the pool works on and
-    /// decays through its traffic only.
+    /// Whether the pool's idle decay also runs on the process's decay thread, so that a
+    /// pool with no traffic at all gives its idle memory back with no call. Default
+    /// `true` (also for [`BufferPool::new`], [`BufferPool::default`] and
+    /// [`BufferPool::global`]); `false` turns the background part off.
+    ///
+    /// The thread, named `axon-buffer-decay`, is one for every pool of the process. It
+    /// starts when a slab of such a pool first goes idle (a process that never has an idle
+    /// slab never has it); while some pool has anything idle it wakes every quarter of that
+    /// pool's `idle_timeout` (the shortest among them, at most every 5 s), freezes that
+    /// pool's thread caches for a moment (one `membarrier(2)` on Linux) and frees what is
+    /// old enough; while nothing is idle anywhere it is parked, with no wakeups at all; it
+    /// ends when no pool that uses it is left (the global pool, once it used it, keeps
+    /// it). It holds pools weakly: it never keeps one alive. If it cannot be spawned,
+    /// nothing fails: the pool decays through its traffic, and a later idle slab tries
+    /// again.
+    ///
+    /// With `false`, traffic still decays the pool: every 1024 acquires, each thread looks
+    /// at the clock and runs the decay when it is due (never in a drop). A pool that goes
+    /// quiet then keeps its idle slabs until [`BufferPool::trim_idle`] (from a timer of
+    /// the application's runtime, say) or [`BufferPool::trim`].
     ///
     /// # Examples
     ///
     /// ```
-    /// use std::time::Duration;
+    /// use std::time::{Duration, Instant};
     /// use axon_buffer::BufferPool;
     ///
     /// let pool = BufferPool::builder()
     ///     .idle_timeout(Some(Duration::from_millis(20)))
-    ///     .idle_decay_thread(true)
-    ///     .build();
+    ///     .build(); // the decay thread is on by default
     /// drop(pool.acquire(1 << 20));
-    /// std::thread::sleep(Duration::from_millis(200)); // no call, no traffic
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// while pool.snapshot().idle_bytes > 0 && Instant::now() < deadline {
+    ///     std::thread::sleep(Duration::from_millis(10)); // no call, no traffic
+    /// }
     /// assert_eq!(pool.snapshot().idle_bytes, 0);
     /// ```
     pub fn idle_decay_thread(mut self, run: bool) -> Self {
@@ -477,13 +508,9 @@ impl BufferPoolBuilder {
 
     /// A new pool with this configuration.
     pub fn build(self) -> BufferPool {
-        let pool = BufferPool {
+        BufferPool {
             inner: PoolRef::new(self.config),
-        };
-        if pool.inner.config.idle_decay_thread {
-            crate::inner::spawn_decay_thread(&pool.inner);
         }
-        pool
     }
 
     /// Makes this configuration the one of [`BufferPool::global`] and returns it.
@@ -493,13 +520,8 @@ impl BufferPoolBuilder {
     /// [`PoolError::GlobalAlreadyInitialized`] if the global pool already exists (it was
     /// used, or configured, before).
     pub fn build_global(self) -> Result<&'static BufferPool, PoolError> {
-        let decay_thread = self.config.idle_decay_thread;
         if crate::inner::init_global(self.config) {
-            let pool = BufferPool::global();
-            if decay_thread {
-                crate::inner::spawn_decay_thread(&pool.inner);
-            }
-            Ok(pool)
+            Ok(BufferPool::global())
         } else {
             Err(PoolError::GlobalAlreadyInitialized)
         }

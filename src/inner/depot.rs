@@ -13,48 +13,44 @@
 //! lock, or pops the list. Release: the fast path pushes into the magazine for a unit it
 //! holds ([`Depot::give_fast`]); the slow path ([`Depot::give`]) spills the upper half of
 //! a full magazine to the list, reserves a unit, or frees the slab and counts the discard.
+//!
+//! # Idle stamps and the decay
+//!
+//! Every idle slab carries the coarse time it went idle ([`super::clock`]): beside it on a
+//! list, in a parallel array in a magazine's stack. The stamp moves with the slab (refill,
+//! spill, a thread's exit), so it always says when the slab last left a buffer. The decay
+//! ([`Depot::decay`]) frees every slab stamped at or before a cutoff, wherever it waits, in
+//! one pass: no mark and no earlier pass needed. It also gives back the spare units of
+//! every magazine (held down to the slabs it holds), so a quiet pool's idle budget reaches
+//! zero, and the decay thread, which ticks only while some pool's budget is above zero,
+//! parks. The reservation that takes a pool's budget from zero refreshes the coarse clock
+//! (the slab it is for gets a fresh stamp) and raises [`Depot::take_went_idle`] for the
+//! caller to wake that thread once out of its section.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::magazine::{Exclusive, Frozen, Magazine, ROUNDS};
+use super::clock;
+use super::magazine::{Exclusive, Magazine, ROUNDS};
 use crate::{PoolClass, PoolError};
 
-/// Slabs waiting in one class, oldest first, with the counters that change only together
-/// with the list.
+mod reclaim;
+
+/// An idle slab and the coarse time (milliseconds) it went idle.
+type Idle = (Vec<u8>, u64);
+
+/// Slabs waiting in one class (the newest pushed last, popped first), each with its stamp,
+/// and the counters that change only together with the list.
 #[derive(Debug, Default)]
 struct FreeList {
-    slabs: Vec<Vec<u8>>,
+    slabs: Vec<Idle>,
     /// Slabs taken from this list for a buffer.
     hits: u64,
     /// Slabs put back on this list by a buffer.
     returned: u64,
-    /// The fewest slabs the list held since the last decay mark: the oldest `low` have not
-    /// moved since.
-    low: usize,
-    /// Pops and pushes, for the decay's clock check every [`DECAY_CHECK_EVERY`] of them.
-    events: u64,
 }
-
-impl FreeList {
-    fn pop(&mut self) -> Option<Vec<u8>> {
-        let slab = self.slabs.pop()?;
-        self.low = self.low.min(self.slabs.len());
-        Some(slab)
-    }
-
-    /// Counts a pop or a push; `true` every [`DECAY_CHECK_EVERY`]-th.
-    fn event(&mut self) -> bool {
-        self.events += 1;
-        self.events.is_multiple_of(DECAY_CHECK_EVERY)
-    }
-}
-
-/// Slow-path events (list pops and pushes, misses) between two looks at the clock for the
-/// idle decay (jemalloc checks its decay clock every 1000 events).
-const DECAY_CHECK_EVERY: u64 = 256;
 
 /// Per-class idle figures, read consistently.
 #[derive(Debug, Default, Clone, Copy)]
@@ -85,8 +81,8 @@ pub(crate) struct Depot {
     alloc_failures: AtomicU64,
     /// Slabs freed by the idle decay, per class.
     decayed: [AtomicU64; 4],
-    /// A slow path counted its [`DECAY_CHECK_EVERY`]-th event: time to look at the clock.
-    decay_due: AtomicBool,
+    /// A reservation took the idle budget from zero: the decay thread must be woken.
+    went_idle: AtomicBool,
     /// Figures of magazines whose thread has exited.
     retired_hits: [AtomicU64; 4],
     retired_returned: [AtomicU64; 4],
@@ -112,7 +108,7 @@ impl Depot {
             detached: Default::default(),
             alloc_failures: AtomicU64::new(0),
             decayed: Default::default(),
-            decay_due: AtomicBool::new(false),
+            went_idle: AtomicBool::new(false),
             retired_hits: Default::default(),
             retired_returned: Default::default(),
         }
@@ -149,11 +145,10 @@ impl Depot {
         if let Some(mag) = mag {
             return self.take_fast(mag, k).or_else(|| self.refill(mag, k));
         }
-        let slab = {
+        let (slab, _) = {
             let mut list = self.lists[k].lock();
-            let slab = list.pop();
+            let slab = list.slabs.pop();
             list.hits += u64::from(slab.is_some());
-            self.count_event(&mut list);
             slab
         }?;
         self.release_units(k, 1);
@@ -164,17 +159,15 @@ impl Depot {
     /// one lock. The batch's storage is reserved outside the lock, and fallibly.
     fn refill(&self, mag: Exclusive<'_>, k: usize) -> Option<Vec<u8>> {
         let half = ROUNDS[k] / 2;
-        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut batch: Vec<Idle> = Vec::new();
         let batched = batch.try_reserve_exact(half).is_ok();
-        let slab = {
+        let (slab, _) = {
             let mut list = self.lists[k].lock();
-            self.count_event(&mut list);
-            let slab = list.pop()?;
+            let slab = list.slabs.pop()?;
             list.hits += 1;
             if batched {
                 let at = list.slabs.len().saturating_sub(half);
                 batch.extend(list.slabs.drain(at..));
-                list.low = list.low.min(at);
             }
             slab
         };
@@ -184,8 +177,9 @@ impl Depot {
         let keep = batch.len() + 1;
         mag.set_held(k, keep);
         self.release_units(k, held);
-        for idle in batch {
-            if mag.push(k, keep, idle).is_err() {
+        // Each keeps its stamp: it has been idle since it left its last buffer.
+        for (idle, since) in batch {
+            if mag.push(k, keep, idle, since).is_err() {
                 self.release_units(k, 1); // cannot happen: fewer than `keep` slots are used
             }
         }
@@ -200,14 +194,11 @@ impl Depot {
             self.alloc_failures.fetch_add(1, Relaxed);
             return Err(PoolError::AllocFailed { class, bytes });
         }
-        let n = match class {
+        match class {
             PoolClass::Oversize => &self.oversize,
             class => &self.misses[class.index()],
         }
         .fetch_add(1, Relaxed);
-        if (n + 1).is_multiple_of(DECAY_CHECK_EVERY) {
-            self.decay_due.store(true, Relaxed);
-        }
         Ok(slab)
     }
 
@@ -235,7 +226,8 @@ impl Depot {
     // -------------------------------------------------------------------------------
 
     /// The fast path: an empty slab of exactly class index `k`'s capacity into the
-    /// magazine, for a unit it already holds; `Err` hands it back.
+    /// magazine, for a unit it already holds, stamped with the coarse clock (one relaxed
+    /// load); `Err` hands it back.
     #[inline(always)]
     pub(crate) fn give_fast(
         &self,
@@ -243,7 +235,7 @@ impl Depot {
         k: usize,
         slab: Vec<u8>,
     ) -> Result<(), Vec<u8>> {
-        mag.push(k, mag.held(k), slab)?;
+        mag.push(k, mag.held(k), slab, clock::coarse())?;
         mag.count_returned(k);
         Ok(())
     }
@@ -274,7 +266,7 @@ impl Depot {
                 Err(back) => slab = back,
             }
         }
-        let refused = self.push_list(k, slab, true).err()?;
+        let refused = self.push_list(k, slab).err()?;
         self.discarded[k].fetch_add(1, Relaxed);
         Some(refused)
     }
@@ -290,7 +282,7 @@ impl Depot {
             let room = list.slabs.try_reserve(held - keep).is_ok();
             let mut moved = 0;
             while mag.len(k) > keep {
-                let Some(idle) = mag.pop(k) else { break };
+                let Some(idle) = mag.pop_idle(k) else { break };
                 if room {
                     list.slabs.push(idle);
                     moved += 1;
@@ -312,9 +304,9 @@ impl Depot {
         })
     }
 
-    /// Puts an empty slab on its list if the caps have room (reserving its unit), or hands
-    /// it back. `from_buffer` counts it as returned.
-    fn push_list(&self, k: usize, slab: Vec<u8>, from_buffer: bool) -> Result<(), Vec<u8>> {
+    /// Puts an empty slab a buffer gave back on its list if the caps have room (reserving
+    /// its unit), stamped now, or hands it back.
+    fn push_list(&self, k: usize, slab: Vec<u8>) -> Result<(), Vec<u8>> {
         if !self.reserve_unit(k) {
             return Err(slab);
         }
@@ -325,22 +317,21 @@ impl Depot {
             self.release_units(k, 1);
             return Err(slab);
         }
-        list.slabs.push(slab);
-        list.returned += u64::from(from_buffer);
-        self.count_event(&mut list);
+        list.slabs.push((slab, clock::coarse()));
+        list.returned += 1;
         Ok(())
     }
 
-    fn count_event(&self, list: &mut FreeList) {
-        if list.event() {
-            self.decay_due.store(true, Relaxed);
-        }
+    /// Whether a reservation took the idle budget from zero since the last call (clears
+    /// the flag): the caller wakes the decay thread.
+    #[inline]
+    pub(crate) fn take_went_idle(&self) -> bool {
+        self.went_idle.load(Relaxed) && self.went_idle.swap(false, Relaxed)
     }
 
-    /// Whether a slow path counted enough events for the decay to look at the clock
-    /// (clears the flag).
-    pub(crate) fn decay_due(&self) -> bool {
-        self.decay_due.load(Relaxed) && self.decay_due.swap(false, Relaxed)
+    /// Idle-budget bytes taken now, across classes: zero when nothing is idle (a figure).
+    pub(crate) fn idle_budget(&self) -> u64 {
+        self.budget.load(Relaxed)
     }
 
     /// Counts a slab that leaves the pool for good (`into_vec`).
@@ -376,10 +367,22 @@ impl Depot {
                 .budget
                 .compare_exchange_weak(cur, cur + bytes, Relaxed, Relaxed)
             {
-                Ok(_) => return true,
+                Ok(_) => break,
                 Err(actual) => cur = actual,
             }
         }
+        if cur == 0 {
+            self.leave_zero();
+        }
+        true
+    }
+
+    /// The budget left zero: the first slab to go idle after a quiet spell. Its stamp must
+    /// be fresh (nothing may have read the clock for long), and the decay thread wakes.
+    #[cold]
+    fn leave_zero(&self) {
+        clock::refresh();
+        self.went_idle.store(true, Relaxed);
     }
 
     fn release_units(&self, k: usize, n: usize) {
@@ -391,103 +394,8 @@ impl Depot {
     }
 
     // -------------------------------------------------------------------------------
-    // Whole-pool operations
+    // Whole-pool operations (thread exit, trim, the decay: reclaim.rs)
     // -------------------------------------------------------------------------------
-
-    /// A magazine whose thread exits: its slabs move to the lists with their units (freed,
-    /// unit and all, when a list's storage cannot grow), its spare units go back, and its
-    /// counters fold into the depot's. The caller holds the magazine list's lock and has
-    /// taken the magazine out of the list.
-    pub(crate) fn absorb(&self, mag: Exclusive<'_>) {
-        for k in 0..4 {
-            self.retired_hits[k].fetch_add(mag.magazine().hits(k), Relaxed);
-            self.retired_returned[k].fetch_add(mag.magazine().returned(k), Relaxed);
-            let held = mag.held(k);
-            let cached = mag.len(k);
-            let mut moved = 0;
-            {
-                let mut list = self.lists[k].lock();
-                let room = list.slabs.try_reserve(cached).is_ok();
-                // Oldest first, as they lay in the magazine: the list's low-water mark
-                // does not cover them (they moved), so they start a new idle window.
-                let mut slabs = Vec::new();
-                mag.take_all(k, &mut slabs);
-                for slab in slabs {
-                    if room {
-                        list.slabs.push(slab);
-                        moved += 1;
-                    }
-                }
-            }
-            mag.set_held(k, 0);
-            self.release_units(k, held - moved);
-        }
-    }
-
-    /// Takes every idle slab, from the lists and the frozen magazines (their units go too),
-    /// into `out`, for the caller to [`release`] once it holds no lock. The lists keep their
-    /// storage, so the next return needs no allocation.
-    pub(crate) fn trim(&self, frozen: Option<&Frozen<'_>>, out: &mut Vec<Vec<u8>>) {
-        for k in 0..4 {
-            let before = out.len();
-            {
-                let mut list = self.lists[k].lock();
-                if out.try_reserve(list.slabs.len()).is_err() {
-                    list.slabs.clear(); // freed here, rarely, without the madvise
-                }
-                out.append(&mut list.slabs);
-                list.low = 0;
-            }
-            self.release_units(k, out.len() - before);
-            for mag in frozen.into_iter().flat_map(Frozen::iter) {
-                while let Some(slab) = mag.pop(k) {
-                    out.push(slab);
-                }
-                self.release_units(k, mag.held(k));
-                mag.set_held(k, 0);
-                mag.mark(k);
-            }
-        }
-    }
-
-    /// The idle decay: takes every slab that has not moved since the last decay mark (the
-    /// oldest of each list and magazine stack, below their low-water marks), from the
-    /// lists and the frozen magazines, into `out`, and marks anew. Returns how many it took
-    /// per class, for the caller to [`count_decayed`](Self::count_decayed) once their pages
-    /// are gone.
-    pub(crate) fn decay(&self, frozen: &Frozen<'_>, out: &mut Vec<Vec<u8>>) -> [u64; 4] {
-        let mut taken = [0; 4];
-        for (k, count) in taken.iter_mut().enumerate() {
-            let before = out.len();
-            {
-                let mut list = self.lists[k].lock();
-                let n = list.low.min(list.slabs.len());
-                out.extend(list.slabs.drain(..n));
-                list.low = list.slabs.len();
-            }
-            self.release_units(k, out.len() - before);
-            for mag in frozen.iter() {
-                let n = mag.take_unmoved(k, out);
-                mag.set_held(k, mag.held(k) - n);
-                self.release_units(k, n);
-            }
-            *count = (out.len() - before) as u64;
-        }
-        taken
-    }
-
-    /// Counts slabs the decay took as decayed, after their pages went back to the system:
-    /// a snapshot that reads them decayed never finds their memory still resident.
-    pub(crate) fn count_decayed(&self, taken: [u64; 4]) {
-        for (counter, n) in self.decayed.iter().zip(taken) {
-            counter.fetch_add(n, Relaxed);
-        }
-    }
-
-    /// Slabs freed by the decay, per class.
-    pub(crate) fn decayed(&self, k: usize) -> u64 {
-        self.decayed[k].load(Relaxed)
-    }
 
     /// Every class's figures. With every magazine frozen (and each list locked while it is
     /// read), a slab is counted in exactly one place; without (the fence failed), the

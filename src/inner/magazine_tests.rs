@@ -14,17 +14,17 @@ mod unit {
         {
             let section = mag.enter().unwrap();
             assert!(section.pop(0).is_none());
-            section.push(0, 2, a).unwrap();
-            let refused = section.push(0, 1, Vec::with_capacity(4096)).unwrap_err();
-            section.push(0, 2, refused).unwrap();
-            let third = section.push(0, 2, Vec::with_capacity(4096)).unwrap_err();
+            section.push(0, 2, a, 0).unwrap();
+            let refused = section.push(0, 1, Vec::with_capacity(4096), 0).unwrap_err();
+            section.push(0, 2, refused, 0).unwrap();
+            let third = section.push(0, 2, Vec::with_capacity(4096), 0).unwrap_err();
             assert_eq!(third.capacity(), 4096);
-            let wrong = section.push(0, 2, Vec::with_capacity(8192));
+            let wrong = section.push(0, 2, Vec::with_capacity(8192), 0);
             assert_eq!(wrong.unwrap_err().capacity(), 8192);
             assert_eq!(section.len(0), 2);
             let b = section.pop(0).unwrap();
             assert_eq!((b.len(), b.capacity()), (0, 4096));
-            section.push(0, 2, b).unwrap();
+            section.push(0, 2, b, 0).unwrap();
             section.set_pool_stock(4096);
         }
         assert_eq!(mag.idle(0), 2);
@@ -44,9 +44,33 @@ mod unit {
         assert!(stolen.iter().any(|s| s.as_ptr() == a_ptr));
         assert_eq!(mag.idle(0), 0);
         let section = mag.enter().unwrap();
-        section.push(0, 8, stolen.pop().unwrap()).unwrap();
+        section.push(0, 8, stolen.pop().unwrap(), 0).unwrap();
         drop(section);
         drop(mags); // frees the slab left in it
+    }
+
+    #[test]
+    fn the_decay_takes_slabs_by_their_stamps_and_keeps_the_order_of_the_rest() {
+        let mag = Magazine::new();
+        let section = mag.enter().unwrap();
+        let mut ptrs = Vec::new();
+        for since in [5, 1, 9, 3] {
+            let slab = Vec::with_capacity(4096);
+            ptrs.push(slab.as_ptr());
+            section.push(0, 8, slab, since).unwrap();
+        }
+        let mut out = Vec::new();
+        assert_eq!(section.take_idle_since(0, 4, &mut out), 2);
+        let taken: Vec<_> = out.iter().map(|(s, since)| (s.as_ptr(), *since)).collect();
+        assert_eq!(taken, [(ptrs[1], 1), (ptrs[3], 3)]);
+        assert_eq!(section.len(0), 2);
+        let top = section.pop(0).unwrap();
+        assert_eq!(top.as_ptr(), ptrs[2], "newest on top still");
+        assert_eq!(section.take_idle_since(0, u64::MAX, &mut out), 1);
+        assert_eq!(out[2].0.as_ptr(), ptrs[0]);
+        assert_eq!(section.len(0), 0);
+        let ticks = (0..2 * TICK_EVERY).filter(|_| section.tick()).count();
+        assert_eq!(ticks, 2);
     }
 
     #[test]
@@ -97,7 +121,7 @@ mod unit {
             for _ in 0..rounds {
                 if let Some(section) = mag.enter() {
                     let slab = section.pop(1).unwrap_or_else(|| Vec::with_capacity(65536));
-                    let _ = section.push(1, 4, slab);
+                    let _ = section.push(1, 4, slab, 0);
                 }
             }
         });
@@ -121,7 +145,7 @@ mod loom_tests {
             mags[0]
                 .enter()
                 .unwrap()
-                .push(0, 2, Vec::with_capacity(4096))
+                .push(0, 2, Vec::with_capacity(4096), 0)
                 .unwrap_or_else(|_| unreachable!("wrong capacity"));
             let stealer = {
                 let mags = Arc::clone(&mags);
@@ -140,7 +164,7 @@ mod loom_tests {
             if let Some(section) = mags[0].enter() {
                 if let Some(slab) = section.pop(0) {
                     popped = 1;
-                    section.push(0, 2, slab).unwrap();
+                    section.push(0, 2, slab, 0).unwrap();
                 }
             }
             let stolen = stealer.join().unwrap();
@@ -167,7 +191,7 @@ mod loom_tests {
                 })
             };
             let pushed = match mags[0].enter() {
-                Some(section) => section.push(0, 1, Vec::with_capacity(4096)).is_ok(),
+                Some(section) => section.push(0, 1, Vec::with_capacity(4096), 0).is_ok(),
                 None => false,
             };
             let stolen = stealer.join().unwrap();

@@ -34,19 +34,31 @@
 //!              departed accounts                     back to the system
 //!
 //!  upkeep.rs   over the whole pool: a thread's magazine coming home, trim, the idle
-//!              decay (and its thread), live figures, the snapshot, the pool's drop
+//!              decay, live figures, the snapshot, the pool's drop
+//!  decay.rs    the one decay thread of the process, for every pool; clock.rs: the coarse
+//!              clock idle slabs are stamped with
 //! ```
+//!
+//! The idle decay rides on these paths at three points, none of them a drop's: every
+//! [`TICK_EVERY`](magazine::TICK_EVERY)-th acquire of a thread (fast path or slow, counted
+//! down in its magazine) looks at the clock and runs the decay if it is due; the return
+//! that takes a pool's idle budget from zero wakes the decay thread (`decay.rs`); and
+//! `trim_idle` runs it at once.
 //!
 //! An acquire charges first and takes a slab second, so a refused request moves no slab
 //! figure; a drop debits first and returns the slab second. Each layer has one fast path
 //! (inlined into the caller, no locked instruction) and one slow path (out of line) for
-//! each direction. Locks, in the only order they are taken: the ledger's (or the decay
-//! mark's), the magazine list's, a free list's; the registry's and the departure queue's
+//! each direction. Locks, in the only order they are taken: the ledger's, the magazine
+//! list's, a free list's; the registry's, the departure queue's and the decay thread's
 //! stand alone. A section takes only a free list's lock.
 
 pub(crate) mod account;
+mod clock;
+mod config;
+mod decay;
 mod depot;
 mod fence;
+mod handle;
 mod ledger;
 mod local;
 mod magazine;
@@ -54,11 +66,8 @@ mod pages;
 mod registry;
 mod upkeep;
 
-use std::ops::Deref;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -66,76 +75,16 @@ use crate::leak::LeakTracker;
 use crate::{PoolClass, PoolError};
 pub(crate) use account::AccountPtr;
 use account::TenantAccount;
+pub(crate) use config::Config;
 use depot::Depot;
+pub(crate) use handle::{global, init_global, PoolRef};
 pub(crate) use ledger::Charged;
 use ledger::Ledger;
 pub(crate) use ledger::{ChargeWait, Purpose};
 use magazine::Magazine;
 use registry::Registry;
-pub(crate) use upkeep::spawn_decay_thread;
 
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
-static GLOBAL: OnceLock<PoolInner> = OnceLock::new();
-
-/// The process-global pool's state, created with the default configuration on first use.
-pub(crate) fn global() -> &'static PoolInner {
-    GLOBAL.get_or_init(|| PoolInner::new(Config::default()))
-}
-
-/// Creates the global pool with `config`; `false` if it already existed.
-pub(crate) fn init_global(config: Config) -> bool {
-    let mut created = false;
-    GLOBAL.get_or_init(|| {
-        created = true;
-        PoolInner::new(config)
-    });
-    created
-}
-
-/// How long a slab may sit idle before the decay frees it, unless the builder says
-/// otherwise. A freed Huge slab costs about 5 ms of page faults to fill again (4-6 ms
-/// measured here for 10 MiB), so freeing one that is needed again costs at most 5 ms per
-/// 20 s, 0.025% of a core; meanwhile a burst's memory leaves within 20 to 40 s. (.NET's
-/// ArrayPool trims after 60 s, jemalloc decays dirty pages over 10 s.)
-pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The pool's knobs, fixed at build time.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) default_tenant_soft_limit: u64,
-    pub(crate) default_tenant_hard_limit: Option<u64>,
-    pub(crate) max_idle_per_class: usize,
-    pub(crate) max_idle_bytes: u64,
-    pub(crate) max_tenants: usize,
-    pub(crate) max_request_bytes: usize,
-    pub(crate) max_live_bytes: Option<u64>,
-    pub(crate) zero_on_release: bool,
-    pub(crate) idle_timeout: Option<Duration>,
-    pub(crate) idle_decay_thread: bool,
-    /// Track one buffer in this many; 0 is off.
-    pub(crate) leak_sample_every: u32,
-    pub(crate) leak_backtraces: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            default_tenant_soft_limit: 256 * 1024 * 1024,
-            default_tenant_hard_limit: None,
-            max_idle_per_class: 64,
-            max_idle_bytes: 256 * 1024 * 1024,
-            max_tenants: 10_000,
-            max_request_bytes: 1024 * 1024 * 1024,
-            max_live_bytes: None,
-            zero_on_release: false,
-            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
-            idle_decay_thread: false,
-            leak_sample_every: 0,
-            leak_backtraces: false,
-        }
-    }
-}
-
 /// The state every handle, buffer and reservation of one pool shares.
 #[derive(Debug)]
 pub(crate) struct PoolInner {
@@ -147,63 +96,12 @@ pub(crate) struct PoolInner {
     /// Every registered thread's magazine.
     magazines: Mutex<Vec<Arc<Magazine>>>,
     promotions: AtomicU64,
-    /// When the idle decay last marked every list and magazine (`trim_idle`).
-    decay_mark: Mutex<Instant>,
+    /// Coarse milliseconds ([`clock`]) from which the next decay is due (ticker, thread).
+    next_decay: AtomicU64,
+    /// Registered with the decay thread (`decay.rs`).
+    decay_registered: AtomicBool,
     /// Sampled records of outstanding buffers, when `leak_sample_every` is set.
     pub(crate) leaks: Option<LeakTracker>,
-}
-
-/// How a buffer, reservation or handle refers to its pool: the process-global pool by a
-/// `'static` reference (no reference count to bump), any other pool by an `Arc`. Either way
-/// the pool outlives every buffer taken from it. Reaching the pool is one load.
-#[derive(Debug, Clone)]
-pub(crate) struct PoolRef {
-    /// The pool: the global one, or the allocation `owner` keeps alive.
-    inner: NonNull<PoolInner>,
-    /// `None` for the process-global pool.
-    owner: Option<Arc<PoolInner>>,
-}
-
-// SAFETY: a `PoolRef` is a `&'static PoolInner` or an `Arc<PoolInner>` (plus a pointer to
-// the same pool), both `Send` because `PoolInner` is `Send + Sync`.
-unsafe impl Send for PoolRef {}
-// SAFETY: as for `Send`: shared access gives `&PoolInner` only, and `PoolInner` is `Sync`.
-unsafe impl Sync for PoolRef {}
-
-impl PoolRef {
-    /// The process-global pool (the only `'static` one).
-    pub(crate) fn global() -> PoolRef {
-        PoolRef {
-            inner: NonNull::from(global()),
-            owner: None,
-        }
-    }
-
-    /// A new pool of its own.
-    pub(crate) fn new(config: Config) -> PoolRef {
-        let inner = Arc::new(PoolInner::new(config));
-        PoolRef {
-            inner: NonNull::from(&*inner),
-            owner: Some(inner),
-        }
-    }
-
-    /// Whether this is the process-global pool.
-    #[inline(always)]
-    pub(crate) fn is_global(&self) -> bool {
-        self.owner.is_none()
-    }
-}
-
-impl Deref for PoolRef {
-    type Target = PoolInner;
-
-    #[inline(always)]
-    fn deref(&self) -> &PoolInner {
-        // SAFETY: `inner` points to the global pool (`'static`), or into the allocation of
-        // `owner`, which this `PoolRef` keeps alive; `PoolInner` is only ever shared.
-        unsafe { self.inner.as_ref() }
-    }
 }
 
 impl PoolRef {
@@ -237,9 +135,33 @@ impl PoolRef {
         }
         let section = self.magazine()?.enter()?;
         if section.len(k) > 0 && Ledger::charge_fast(*section, tenant, capacity as u64, 1) {
-            return self.depot.take_fast(*section, k);
+            let slab = self.depot.take_fast(*section, k);
+            if section.tick() {
+                drop(section);
+                self.ticked();
+            }
+            return slab;
         }
         None
+    }
+
+    /// Every [`TICK_EVERY`](magazine::TICK_EVERY)-th acquire of a thread, out of its
+    /// section: a look at the clock, and the idle decay if it is due.
+    #[cold]
+    #[inline(never)]
+    fn ticked(&self) {
+        if self.config.idle_timeout.is_some() {
+            self.decay_if_due(clock::refresh());
+        }
+    }
+
+    /// After a return's slow path, out of any section: the pool's idle budget may have
+    /// left zero, and the decay thread is to be woken.
+    #[inline(always)]
+    fn after_give(&self) {
+        if self.depot.take_went_idle() {
+            decay::went_idle(self);
+        }
     }
 
     #[inline(never)]
@@ -257,9 +179,7 @@ impl PoolRef {
             capacity as u64,
             Purpose::Buffer,
         )?;
-        let taken = self.take_charged(tenant, class, capacity, charged);
-        self.after_slow_acquire();
-        taken
+        self.take_charged(tenant, class, capacity, charged)
     }
 
     /// [`Self::obtain`], waiting for room while a limit refuses and waiting can help (the
@@ -275,9 +195,7 @@ impl PoolRef {
         let charged = self
             .charge_wait(tenant, bytes, Purpose::Buffer, bytes)
             .await?;
-        let taken = self.take_charged(tenant, class, capacity, charged);
-        self.after_slow_acquire();
-        taken
+        self.take_charged(tenant, class, capacity, charged)
     }
 
     /// The slab for a charge just made: from the magazine or the list (a hit), or freshly
@@ -293,7 +211,11 @@ impl PoolRef {
             PoolClass::Oversize => None,
             class => {
                 let section = self.magazine_or_register().and_then(Magazine::enter);
-                self.depot.take(section.as_deref().copied(), class.index())
+                let taken = self.depot.take(section.as_deref().copied(), class.index());
+                if section.is_some_and(|section| section.tick()) {
+                    self.ticked(); // the section ended above
+                }
+                taken
             }
         };
         match taken {
@@ -341,6 +263,7 @@ impl PoolRef {
                                 let discarded = self.depot.give(Some(*section), class, back);
                                 drop(section);
                                 pages::discard(discarded);
+                                self.after_give();
                                 return;
                             }
                         }
@@ -373,6 +296,7 @@ impl PoolRef {
             (wake, self.depot.give(mag, class, slab))
         };
         pages::discard(discarded);
+        self.after_give();
         if wake {
             self.ledger.serve(&self.magazines);
         }
@@ -453,6 +377,7 @@ impl PoolRef {
             self.depot.give(section.as_deref().copied(), class, slab)
         };
         pages::discard(discarded);
+        self.after_give();
     }
 }
 
@@ -469,7 +394,8 @@ impl PoolInner {
             ),
             magazines: Mutex::new(Vec::new()),
             promotions: AtomicU64::new(0),
-            decay_mark: Mutex::new(Instant::now()),
+            next_decay: AtomicU64::new(0),
+            decay_registered: AtomicBool::new(false),
             leaks: (config.leak_sample_every > 0)
                 .then(|| LeakTracker::new(config.leak_sample_every, config.leak_backtraces)),
             config,

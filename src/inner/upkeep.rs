@@ -1,16 +1,35 @@
 //! Upkeep: what runs over the whole pool rather than one buffer. A thread's magazine
-//! coming home, `trim`, the idle decay and its thread, the live figures, the snapshot, and
-//! the pool's drop. Each freezes the magazines (or has them to itself) and takes the locks
-//! in the order `mod.rs` states.
+//! coming home, `trim`, the idle decay, the live figures, the snapshot, and the pool's
+//! drop. Each freezes the magazines (or has them to itself) and takes the locks in the
+//! order `mod.rs` states.
+//!
+//! # The idle decay
+//!
+//! Every idle slab carries the coarse time it went idle (`depot.rs`, `clock.rs`). A decay
+//! frees, in one pass over the lists and the frozen magazines, every slab stamped at or
+//! before a cutoff:
+//!
+//! - `trim_idle` (the user's call): cutoff `now - idle_timeout`, so every slab idle at
+//!   least `idle_timeout` goes, whatever ran before. A stamp may lag the moment its slab
+//!   went idle by the coarse clock's lag (below), so a slab idle a little less may go too.
+//! - `decay_if_due` (the ticker every [`TICK_EVERY`](super::magazine::TICK_EVERY) acquires
+//!   of a thread, and the decay thread every period `P`, a quarter of `idle_timeout`, at
+//!   most 5 s): at most once per `P`, cutoff `now - idle_timeout - P`. While anything is
+//!   idle, the decay thread refreshes the clock at least every `P`, so a stamp lags by at
+//!   most `P` (plus scheduling delay): no slab goes before `idle_timeout`, and each goes
+//!   within `idle_timeout + 2P` (at most 1.5 times the timeout). Without the thread, the
+//!   clock moves with the traffic (the ticker, a budget leaving zero, `trim_idle`), and a
+//!   stamp lags by the gap between those: sparse traffic may free a slab early by that gap,
+//!   and a pool with no traffic at all keeps its slabs until a call.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::account::TenantAccount;
 use super::ledger::Ledger;
 use super::magazine::{Frozen, Magazine};
-use super::{global, pages, PoolInner, PoolRef};
+use super::{clock, decay, pages, PoolInner};
 use crate::snapshot::BufferPoolSnapshot;
 use crate::PoolClass;
 
@@ -47,40 +66,65 @@ impl PoolInner {
         release_counted(slabs)
     }
 
-    /// The idle decay: if the last decay mark is at least `idle_timeout` old, frees every
-    /// slab that has not moved since (so idle at least that long), in the lists and in
-    /// every thread's magazine, gives its pages back, and marks anew. Returns the bytes
-    /// freed. A slab idle for `idle_timeout` is freed within twice that.
+    /// Frees every slab idle at least `idle_timeout`, at once, and gives its pages back;
+    /// returns the bytes freed. Cheap when nothing is idle (no freeze).
     pub(crate) fn trim_idle(&self) -> u64 {
         let Some(timeout) = self.config.idle_timeout else {
             return 0;
         };
-        let now = Instant::now();
-        let mut slabs = Vec::new();
-        let taken;
+        let now = clock::refresh();
+        self.decay(now.checked_sub(clock::millis(timeout)))
+    }
+
+    /// The decay's period: a quarter of `idle_timeout`, from 1 ms to 5 s; `None` without a
+    /// timeout.
+    pub(super) fn decay_period(&self) -> Option<Duration> {
+        let timeout = self.config.idle_timeout?;
+        Some((timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(5)))
+    }
+
+    /// The decay of the ticker and the decay thread, `now` being a fresh [`clock::refresh`]:
+    /// if some slab is idle and no decay ran in the last period, frees every slab idle at
+    /// least `idle_timeout` plus a period (see the module docs for why the period).
+    pub(super) fn decay_if_due(&self, now: u64) {
+        let (Some(timeout), Some(period)) = (self.config.idle_timeout, self.decay_period()) else {
+            return;
+        };
+        let next = self.next_decay.load(Relaxed);
+        if now < next || self.depot.idle_budget() == 0 {
+            return;
+        }
+        let period = clock::millis(period);
+        // An eighth of slack: the thread's tick may read the clock a millisecond early.
+        let claim = now + period - period / 8;
+        if self
+            .next_decay
+            .compare_exchange(next, claim, Relaxed, Relaxed)
+            .is_ok()
         {
-            let mut mark = self.decay_mark.lock();
-            if now.saturating_duration_since(*mark) < timeout {
-                return 0;
-            }
+            self.decay(now.checked_sub(clock::millis(timeout) + period));
+        }
+    }
+
+    /// Frees every slab stamped at or before `cutoff` (none if `None`: the process is
+    /// younger than the age asked for), and the magazines' spare units; returns the bytes
+    /// freed. Counts the slabs decayed once their pages are gone.
+    fn decay(&self, cutoff: Option<u64>) -> u64 {
+        let Some(cutoff) = cutoff else { return 0 };
+        if self.depot.idle_budget() == 0 {
+            return 0; // nothing idle, no spare unit: nothing to freeze for
+        }
+        let mut slabs = Vec::new();
+        let taken = {
             let list = self.magazines.lock();
             let Some(frozen) = Frozen::freeze(&list) else {
-                return 0; // the fence failed: leave the magazines (and the mark) alone
+                return 0; // the fence failed: leave the magazines alone
             };
-            taken = self.depot.decay(&frozen, &mut slabs);
-            *mark = now;
-        }
+            self.depot.decay(&frozen, cutoff, &mut slabs)
+        };
         let bytes = release_counted(slabs);
         self.depot.count_decayed(taken);
         bytes
-    }
-
-    /// After an acquire's slow path (never a drop's: a decay may take milliseconds): every
-    /// few hundred slow-path events, a look at the clock, and the decay if it is due.
-    pub(super) fn after_slow_acquire(&self) {
-        if self.depot.decay_due() {
-            self.trim_idle();
-        }
     }
 
     /// Live bytes: the pool's usage minus every thread's stock, read one after another.
@@ -167,46 +211,15 @@ fn release_counted(slabs: Vec<Vec<u8>>) -> u64 {
     bytes
 }
 
-/// Runs [`PoolInner::trim_idle`] every quarter of `idle_timeout` on a thread of its own,
-/// until the pool is gone, so a pool with no traffic decays too. `None` if the thread
-/// could not be spawned (the pool then decays through its traffic only).
-pub(crate) fn spawn_decay_thread(pool: &PoolRef) -> Option<()> {
-    let timeout = pool.config.idle_timeout?;
-    let period = (timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(5));
-    enum Held {
-        Global(&'static PoolInner),
-        Built(std::sync::Weak<PoolInner>),
-    }
-    let held = match &pool.owner {
-        None => Held::Global(global()),
-        Some(inner) => Held::Built(Arc::downgrade(inner)),
-    };
-    std::thread::Builder::new()
-        .name("axon-buffer-decay".into())
-        .spawn(move || loop {
-            std::thread::sleep(period);
-            match &held {
-                Held::Global(inner) => {
-                    inner.trim_idle();
-                }
-                Held::Built(weak) => match weak.upgrade() {
-                    Some(inner) => {
-                        inner.trim_idle();
-                    }
-                    None => return,
-                },
-            }
-        })
-        .ok()
-        .map(drop)
-}
-
 impl Drop for PoolInner {
     /// The last handle and buffer are gone: free what magazines still hold (their
     /// threads' entries outlive the pool and must not keep its slabs). No thread can be in
     /// a section of this pool (that takes a handle or a buffer); if the fence fails anyway,
     /// each magazine frees its slabs when its thread lets go of it.
     fn drop(&mut self) {
+        if *self.decay_registered.get_mut() {
+            decay::forget(self.id);
+        }
         let list = self.magazines.get_mut();
         if let Some(frozen) = Frozen::freeze(list) {
             for mag in frozen.iter() {
