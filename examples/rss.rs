@@ -6,7 +6,14 @@
 //! ```sh
 //! cargo run --release --example rss              # decay (no trim call)
 //! cargo run --release --example rss -- --trim    # the same rounds, with trim() instead
+//! cargo run --release --example rss -- --quiet-secs 60   # then the decay thread's wakeups
 //! ```
+//!
+//! With `--quiet-secs N`, the example then measures the quiet process for N seconds twice,
+//! from `/proc/self/task/*/status` and `/proc/self/stat`: with nothing idle (the decay
+//! thread must not wake at all: the example fails if it does), and with one Small slab
+//! idle in a second pool with the default 20 s timeout (the thread ticks every 5 s until
+//! the slab is freed, then parks).
 //!
 //! Three rounds of 40 Huge (10 MiB) buffers, each written in full. Round 3 keeps its newest
 //! buffer alive: with glibc, rounds 2 and 3 take their 10 MiB blocks from the heap (its
@@ -41,6 +48,72 @@ struct Args {
     /// How far above its value before the burst RSS may stay, in MiB.
     #[arg(long, default_value_t = 16)]
     tolerance_mib: u64,
+    /// Then measure the quiet process's wakeups for this many seconds (0: skip).
+    #[arg(long, default_value_t = 0)]
+    quiet_secs: u64,
+}
+
+/// Context switches (voluntary, involuntary) of the decay thread, if it runs (Linux shows
+/// the first 15 bytes of its name), and of the whole process.
+fn switches() -> (Option<(u64, u64)>, u64) {
+    let mut decay = None;
+    let mut all = 0;
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let path = task.expect("task").path();
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let (vol, invol) = (
+            field("voluntary_ctxt_switches:"),
+            field("nonvoluntary_ctxt_switches:"),
+        );
+        all += vol + invol;
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.starts_with("axon-buffer-dec") {
+            decay = Some((vol, invol));
+        }
+    }
+    (decay, all)
+}
+
+/// User + system CPU time of the process so far, in clock ticks (`/proc/self/stat`).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Sleeps `secs` seconds and reports what the decay thread and the process did meanwhile;
+/// returns the decay thread's wakeups (its context switches).
+fn quiet(secs: u64, what: &str) -> u64 {
+    let (decay_before, all_before) = switches();
+    let cpu_before = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(secs));
+    let (decay_after, all_after) = switches();
+    let cpu = cpu_ticks() - cpu_before;
+    let wakeups = match (decay_before, decay_after) {
+        (Some(a), Some(b)) => (b.0 - a.0) + (b.1 - a.1),
+        _ => 0,
+    };
+    println!(
+        "quiet {secs} s, {what}: decay thread {} wakeups ({}), process {} context switches \
+         (this thread's sleep is one), CPU {} ticks",
+        wakeups,
+        if decay_after.is_some() {
+            "running"
+        } else {
+            "not started"
+        },
+        all_after - all_before,
+        cpu,
+    );
+    wakeups
 }
 
 /// Resident set size in bytes, from `/proc/self/status`. Reads into a stack buffer: an
@@ -151,6 +224,29 @@ fn main() -> ExitCode {
     }
     drop(kept);
     clock.report("end", &pool);
+    if args.quiet_secs > 0 {
+        // Let the last slab decay and the thread park, then nothing is idle.
+        let deadline = Instant::now() + 3 * timeout + Duration::from_secs(2);
+        while pool.snapshot().idle_bytes > 0 && Instant::now() < deadline {
+            std::thread::sleep(timeout / 4);
+        }
+        std::thread::sleep(timeout);
+        clock.report("quiet: nothing idle", &pool);
+        if quiet(args.quiet_secs, "nothing idle") > 0 {
+            eprintln!("error: the decay thread woke while nothing was idle");
+            failures += 1;
+        }
+        let defaults = BufferPool::default();
+        drop(defaults.acquire(100));
+        quiet(
+            args.quiet_secs,
+            "one Small slab idle in a pool with the default 20 s timeout",
+        );
+        println!(
+            "          that slab decayed: {}",
+            defaults.snapshot().decayed_slabs_total[&PoolClass::Small] == 1
+        );
+    }
     if failures > 0 {
         eprintln!("error: RSS did not come back after {failures} round(s)");
         return ExitCode::FAILURE;

@@ -134,16 +134,19 @@ fn one_trim_idle_frees_every_slab_idle_a_whole_timeout() {
 fn trim_idle_is_not_held_back_by_a_recent_call() {
     let pool = quiet_pool();
     let slack = Duration::from_millis(2);
+    // Stamps come from a clock refreshed between `first` (`second`) and the drop.
     let first = Instant::now();
     drop(pool.acquire(1 << 20)); // Large, idle from now
+    let large_idle = Instant::now();
     thread::sleep(T / 2);
+    let second = Instant::now();
     let early = pool.trim_idle();
     if first.elapsed() + slack < T {
         assert_eq!(early, 0, "half a timeout");
     }
-    let second = Instant::now();
     drop(pool.acquire(10 << 20)); // Huge, idle from now
-    thread::sleep((first + T + slack).saturating_duration_since(Instant::now()));
+    let huge_idle = Instant::now();
+    thread::sleep((large_idle + T + slack).saturating_duration_since(Instant::now()));
     let freed = early + pool.trim_idle();
     if second.elapsed() + slack < T {
         assert_eq!(freed, 1 << 20, "the Large slab only");
@@ -151,7 +154,7 @@ fn trim_idle_is_not_held_back_by_a_recent_call() {
     } else {
         assert!(freed >= 1 << 20, "the Large slab at least");
     }
-    thread::sleep((second + T + slack).saturating_duration_since(Instant::now()));
+    thread::sleep((huge_idle + T + slack).saturating_duration_since(Instant::now()));
     let freed = freed + pool.trim_idle();
     assert_eq!(
         freed,
@@ -176,15 +179,17 @@ fn a_slab_that_moves_is_kept_and_the_others_go() {
         drop(pool.acquire(1));
         thread::sleep(Duration::from_millis(1));
     }
-    let freed = pool.trim_idle(); // the thread may have freed them already
+    pool.trim_idle(); // the thread may have freed them already
     let snap = pool.snapshot();
-    assert!(freed == 0 || freed == 3 * 4096, "{freed}");
-    assert_eq!(snap.idle_slabs[&PoolClass::Small], 1, "the one that moves");
-    assert_eq!(
-        decayed(&snap, PoolClass::Small),
-        3,
-        "the three that never moved"
+    // An acquire that meets the decay's freeze takes a fresh slab (a miss), which then
+    // moves in its turn: count on the misses rather than on exactly one slab moving.
+    let (idle, misses) = (
+        snap.idle_slabs[&PoolClass::Small],
+        snap.pool_misses[&PoolClass::Small],
     );
+    assert_eq!(decayed(&snap, PoolClass::Small), misses - idle);
+    assert!(misses - idle >= 3, "the three that never moved");
+    assert!(idle >= 1, "the one that moves");
 }
 
 #[test]
