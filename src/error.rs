@@ -101,8 +101,8 @@ pub enum PoolError {
     /// Waiting does not help ([`PoolError::waiting_helps`] is false): the same request
     /// alone, later, may fit.
     #[error(
-        "{} limit of {limit} bytes: waiting for {requested} more bytes could never end, since all {live} live bytes are held by requests that wait for room under it (this one holds {held}); it fails so the others can go on",
-        deadlock_scope(tenant.as_deref())
+        "{} limit of {}: waiting for {} more could never end, since all {} live are held by requests that wait for room under it (this one holds {}); it fails so the others can go on",
+        deadlock_scope(tenant.as_deref()), Size(*limit), Size(*requested), Size(*live), Size(*held)
     )]
     WaitDeadlock {
         /// The tenant whose hard limit refused, or `None` for the pool's `max_live_bytes`.
@@ -114,6 +114,22 @@ pub enum PoolError {
         /// Live bytes under the limit, all held by waiting requests.
         live: u64,
         /// The limit.
+        limit: u64,
+    },
+    /// [`Tenant::set_guarantee`](crate::Tenant::set_guarantee) would take the tenants'
+    /// guarantees together past the pool's `max_live_bytes`. Nothing changed.
+    #[error(
+        "tenant {tenant:?} guarantee of {}: with the other tenants' {} it would set aside more than the pool's max_live_bytes of {}",
+        Size(*requested), Size(*others), Size(*limit)
+    )]
+    GuaranteesPastLimit {
+        /// The tenant's id.
+        tenant: String,
+        /// The guarantee asked for.
+        requested: u64,
+        /// The other tenants' guarantees, summed.
+        others: u64,
+        /// The pool's `max_live_bytes`.
         limit: u64,
     },
     /// [`BufferPoolBuilder::build_global`](crate::BufferPoolBuilder::build_global) ran after

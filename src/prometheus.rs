@@ -38,10 +38,13 @@
 //! | `buffer_pool_decayed_slabs_total` | counter | `class` | slabs freed by the idle decay |
 //! | `buffer_pool_decayed_bytes_total` | counter | `class` | their capacity |
 //! | `buffer_pool_waiters` | gauge | | requests waiting for room now (`acquire_wait`, ...) |
-//! | `buffer_pool_wait_seconds_total` | counter | | time requests have spent waiting for room |
+//! | `buffer_pool_wait_seconds_total` | counter | | time requests have spent waiting for room, waits in progress included |
 //! | `buffer_pool_tenant_waiters` | gauge | `tenant_id` | each tenant's requests waiting for room now |
-//! | `buffer_pool_tenant_wait_seconds_total` | counter | `tenant_id` | time each tenant's requests have spent waiting |
+//! | `buffer_pool_tenant_wait_seconds_total` | counter | `tenant_id` | time each tenant's requests have spent waiting, waits in progress included |
 //! | `buffer_pool_tenant_hard_limit_bytes` | gauge | `tenant_id` | the hard limit of each tenant that has one |
+//! | `buffer_pool_waits_abandoned_total` | counter | | waits dropped before they were served (a timeout) |
+//! | `buffer_pool_tenant_waits_abandoned_total` | counter | `tenant_id` | each tenant's waits dropped before they were served |
+//! | `buffer_pool_tenant_guarantee_bytes` | gauge | `tenant_id` | room under `max_live_bytes` set aside for each tenant that has a guarantee |
 //!
 //! `class` is one of `small`, `medium`, `large`, `huge` (and `oversize` for
 //! `buffer_pool_outstanding_buffers`, or wherever the snapshot reports it); every pooled
@@ -402,6 +405,30 @@ fn encode_snapshot(s: &BufferPoolSnapshot, e: &mut DescriptorEncoder<'_>) -> fmt
         "The hard limit of each tenant that has one.",
         bytes,
         &s.tenant_hard_limit_bytes,
+    )?;
+    single(
+        e,
+        Counter,
+        "buffer_pool_waits_abandoned",
+        "Waits whose future was dropped before they were served (a timeout, a client gone).",
+        None,
+        s.waits_abandoned_total,
+    )?;
+    by_tenant(
+        e,
+        Counter,
+        "buffer_pool_tenant_waits_abandoned",
+        "Each tenant's waits dropped before they were served.",
+        None,
+        &s.tenant_waits_abandoned_total,
+    )?;
+    by_tenant(
+        e,
+        Gauge,
+        "buffer_pool_tenant_guarantee",
+        "Room under max_live_bytes set aside for each tenant that has a guarantee.",
+        bytes,
+        &s.tenant_guarantee_bytes,
     )?;
     Ok(())
 }

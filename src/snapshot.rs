@@ -80,12 +80,22 @@ pub struct BufferPoolSnapshot {
     /// Requests waiting for room now (`acquire_wait`, `reserve_wait`, `reserve_wait` of a
     /// growing buffer), tenanted or not.
     pub waiters: u64,
-    /// Time requests have spent waiting for room, in all, tenanted or not.
+    /// Time requests have spent waiting for room, in all, tenanted or not: waits that
+    /// ended, plus the time so far of those still waiting.
     pub wait_time_total: Duration,
     /// Requests waiting for room now, per tracked tenant.
     pub tenant_waiters: HashMap<String, u64>,
-    /// Time each tracked tenant's requests have spent waiting for room, in all.
+    /// Time each tracked tenant's requests have spent waiting for room, in all, waits
+    /// still in progress included.
     pub tenant_wait_time_total: HashMap<String, Duration>,
+    /// Waits whose future was dropped before they were served (a timeout, a client gone),
+    /// tenanted or not.
+    pub waits_abandoned_total: u64,
+    /// The same per tracked tenant.
+    pub tenant_waits_abandoned_total: HashMap<String, u64>,
+    /// Room set aside per tracked tenant that has a guarantee
+    /// ([`Tenant::set_guarantee`](crate::Tenant::set_guarantee)).
+    pub tenant_guarantee_bytes: HashMap<String, u64>,
 }
 
 impl BufferPoolSnapshot {
@@ -115,6 +125,9 @@ impl BufferPoolSnapshot {
             wait_time_total: Duration::ZERO,
             tenant_waiters: HashMap::new(),
             tenant_wait_time_total: HashMap::new(),
+            waits_abandoned_total: 0,
+            tenant_waits_abandoned_total: HashMap::new(),
+            tenant_guarantee_bytes: HashMap::new(),
         }
     }
 

@@ -71,7 +71,9 @@ impl PoolError {
             } => StatusCode::TOO_MANY_REQUESTS,
             PoolError::WaitDeadlock { tenant: None, .. } => StatusCode::SERVICE_UNAVAILABLE,
             PoolError::AllocFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            PoolError::GlobalAlreadyInitialized => StatusCode::INTERNAL_SERVER_ERROR,
+            PoolError::GlobalAlreadyInitialized | PoolError::GuaranteesPastLimit { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -168,7 +170,9 @@ impl PoolError {
                 Size(limit),
             ),
             PoolError::AllocFailed { .. } => "the server is out of memory".into(),
-            PoolError::GlobalAlreadyInitialized => "internal server error".into(),
+            PoolError::GlobalAlreadyInitialized | PoolError::GuaranteesPastLimit { .. } => {
+                "internal server error".into()
+            }
         }
     }
 }

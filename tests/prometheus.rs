@@ -291,6 +291,21 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "gauge",
         "buffer_pool_tenant_hard_limit_bytes",
     ),
+    (
+        "buffer_pool_waits_abandoned",
+        "counter",
+        "buffer_pool_waits_abandoned_total",
+    ),
+    (
+        "buffer_pool_tenant_waits_abandoned",
+        "counter",
+        "buffer_pool_tenant_waits_abandoned_total",
+    ),
+    (
+        "buffer_pool_tenant_guarantee_bytes",
+        "gauge",
+        "buffer_pool_tenant_guarantee_bytes",
+    ),
 ];
 
 #[test]
@@ -585,7 +600,8 @@ fn waiting_decay_and_hard_limits_are_exported() {
         ),
         4096
     );
-    assert_eq!(seconds_of(&text, "buffer_pool_wait_seconds_total"), 0.0);
+    // A wait in progress counts its time so far.
+    assert!(seconds_of(&text, "buffer_pool_wait_seconds_total") > 0.0);
 
     std::thread::sleep(Duration::from_millis(5));
     drop(held); // serves the waiter
@@ -615,6 +631,37 @@ fn waiting_decay_and_hard_limits_are_exported() {
         1,
         "the waiter's slab, idle since"
     );
+    assert_eq!(value_of(&text, "buffer_pool_waits_abandoned_total"), 0);
+
+    // A wait given up before it was served, and a guarantee.
+    let budget = BufferPool::builder().max_live_bytes(1 << 20).build();
+    let quiet = budget.tenant("quiet");
+    quiet.set_guarantee(Some(256 * 1024)).unwrap();
+    let t = budget.tenant("t");
+    let held: Vec<_> = (0..12).map(|_| t.acquire(64 * 1024)).collect();
+    let mut gave_up = Box::pin(t.acquire_wait(64 * 1024));
+    assert!(gave_up
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_pending());
+    drop(gave_up);
+    let text = render(&budget);
+    assert_eq!(value_of(&text, "buffer_pool_waits_abandoned_total"), 1);
+    assert_eq!(
+        value_of(
+            &text,
+            "buffer_pool_tenant_waits_abandoned_total{tenant_id=\"t\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        value_of(
+            &text,
+            "buffer_pool_tenant_guarantee_bytes{tenant_id=\"quiet\"}"
+        ),
+        256 * 1024
+    );
+    drop(held);
 }
 
 #[test]

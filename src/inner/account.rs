@@ -56,8 +56,17 @@ pub(crate) struct TenantAccount {
     pub(crate) queued: AtomicBool,
     /// Requests of this tenant waiting for room now (`Tenant::acquire_wait`, ...).
     pub(crate) waiters: AtomicUsize,
-    /// Time its requests have spent waiting, in all, in nanoseconds.
+    /// Time its requests have spent waiting, in all, in nanoseconds (waits that ended).
     pub(crate) wait_nanos: AtomicU64,
+    /// Its waits whose future was dropped before they were served.
+    pub(crate) waits_abandoned: AtomicU64,
+    /// Room under `max_live_bytes` only this tenant may use (0: none), and whether one was
+    /// set (so `Some(0)` reads back as itself). Written under the ledger's lock.
+    guarantee: AtomicU64,
+    guarantee_set: AtomicBool,
+    /// The guarantee protects room (it is above 0 and the pool has `max_live_bytes`):
+    /// the tenant then keeps no stock, and its drops keep no pool stock (`share.rs`).
+    pub(crate) protected: AtomicBool,
     /// Bytes its waiting requests hold already (growing buffers), under the ledger's lock:
     /// when they are all its live bytes, its waiters wait for each other (`wait.rs`).
     pub(crate) waiting_held: AtomicU64,
@@ -85,6 +94,10 @@ impl TenantAccount {
             waiters: AtomicUsize::new(0),
             wait_nanos: AtomicU64::new(0),
             waiting_held: AtomicU64::new(0),
+            waits_abandoned: AtomicU64::new(0),
+            guarantee: AtomicU64::new(0),
+            guarantee_set: AtomicBool::new(false),
+            protected: AtomicBool::new(false),
         }
     }
 
@@ -120,14 +133,35 @@ impl TenantAccount {
         self.restore_ceiling();
     }
 
-    /// Sets the ceiling from the limits: 0 while the tenant has waiters (no stock may be
-    /// spent or kept for it then). The caller holds the ledger's lock.
+    /// Sets the ceiling from the limits: 0 while the tenant has waiters or a protecting
+    /// guarantee (no stock may be spent or kept for it then). The caller holds the
+    /// ledger's lock.
     pub(crate) fn restore_ceiling(&self) {
-        let ceiling = match self.waiters.load(Relaxed) {
-            0 => self.soft_limit().min(self.hard_bound()),
-            _ => 0,
+        let ceiling = match self.waiters.load(Relaxed) == 0 && !self.protected.load(Relaxed) {
+            true => self.soft_limit().min(self.hard_bound()),
+            false => 0,
         };
         self.ceiling.store(ceiling, Relaxed);
+    }
+
+    /// The guarantee, as set.
+    pub(crate) fn guarantee(&self) -> Option<u64> {
+        self.guarantee_set
+            .load(Relaxed)
+            .then(|| self.guarantee.load(Relaxed))
+    }
+
+    /// The guarantee in bytes, 0 when none.
+    pub(crate) fn guaranteed(&self) -> u64 {
+        self.guarantee.load(Relaxed)
+    }
+
+    /// Sets the guarantee; the caller holds the ledger's lock and has checked the sum.
+    pub(crate) fn set_guarantee(&self, bytes: Option<u64>, protects: bool) {
+        self.guarantee.store(bytes.unwrap_or(0), Relaxed);
+        self.guarantee_set.store(bytes.is_some(), Relaxed);
+        self.protected.store(protects, Relaxed);
+        self.restore_ceiling();
     }
 
     pub(crate) fn holder_added(&self) {
@@ -145,7 +179,9 @@ impl TenantAccount {
 
     /// Nothing an operator set would be lost by dropping this account.
     pub(crate) fn has_default_limits(&self) -> bool {
-        self.soft_limit() == self.default_soft_limit && self.hard_limit() == self.default_hard_limit
+        self.soft_limit() == self.default_soft_limit
+            && self.hard_limit() == self.default_hard_limit
+            && self.guarantee().is_none()
     }
 }
 

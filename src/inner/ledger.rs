@@ -37,10 +37,12 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
+mod share;
 mod stocks;
 mod wait;
+use share::Share;
 pub(crate) use wait::ChargeWait;
-use wait::Queue;
+use wait::{Focus, Queue};
 
 use super::account::{AccountPtr, TenantAccount};
 use super::magazine::{Exclusive, Magazine};
@@ -125,6 +127,13 @@ pub(crate) struct Ledger {
     waiting: AtomicUsize,
     /// Time every waiter, tenanted or not, spent waiting, in nanoseconds.
     wait_nanos: AtomicU64,
+    /// Every tenant's usage word, summed (the untenanted line's rank is the pool's usage
+    /// less this: `share.rs`).
+    tenanted: AtomicU64,
+    /// The tenants' guarantees, summed (written under the lock; read by `room`).
+    guarantees: AtomicU64,
+    /// Waits whose future was dropped before they were served.
+    abandoned: AtomicU64,
     pub(crate) too_large: AtomicU64,
     pub(crate) pool_limit_refusals: AtomicU64,
 }
@@ -155,6 +164,9 @@ impl Ledger {
             lock: Mutex::new(Queue::default()),
             waiting: AtomicUsize::new(0),
             wait_nanos: AtomicU64::new(0),
+            tenanted: AtomicU64::new(0),
+            guarantees: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
             too_large: AtomicU64::new(0),
             pool_limit_refusals: AtomicU64::new(0),
         }
@@ -226,17 +238,25 @@ impl Ledger {
                 }
             }
         }
-        let _queue = self.lock.lock();
+        let queue = self.lock.lock();
         // SAFETY: the caller holds a handle or a buffer of the account for the whole call.
         let account = tenant.map(|a| unsafe { a.get() });
-        let committed = match self.queued_ahead(account, bytes, purpose) {
+        let committed = match self.queued_ahead(&queue, account, bytes, purpose) {
             Some(err) => Err(err),
-            None => self.commit(magazines, account, bytes, purpose, mag.is_some()),
+            None => self.commit(
+                &queue.share,
+                magazines,
+                account,
+                bytes,
+                purpose,
+                mag.is_some(),
+            ),
         };
         let (charged, pool_grant, tenant_grant) = committed.inspect_err(|err| {
             self.count_refusal(err, account);
         })?;
         self.deposit(mag, tenant, pool_grant, tenant_grant, buffers);
+        drop(queue);
         Ok(charged)
     }
 
@@ -246,27 +266,28 @@ impl Ledger {
     /// [`Self::deposit`] to put in the magazine or give back.
     fn commit(
         &self,
+        share: &Share,
         magazines: &Magazines,
         account: Option<&TenantAccount>,
         bytes: u64,
         purpose: Purpose,
         stock: bool,
     ) -> Result<(Charged, u64, u64), PoolError> {
-        if let Err(err) = self.check(account, bytes, purpose) {
+        if let Err(err) = self.check(share, account, bytes, purpose) {
             // Stocks may hide room: take every thread's back, then decide for good. (Only
             // the bound on reservations alone counts no stock.)
             if !matches!(err, PoolError::TooLarge { max: MAX_LIVE, .. }) {
                 self.take_back(magazines, true, account);
             }
-            self.check(account, bytes, purpose)?;
+            self.check(share, account, bytes, purpose)?;
         }
         if purpose == Purpose::Reservation {
             self.reserved.fetch_add(bytes, Relaxed);
         }
-        let pool_used = self.usage.load(Relaxed);
-        // No stock is granted while anyone waits for the pool: it would hide their room.
+        // No stock is granted while anyone waits for the pool (it would hide their room),
+        // and only from room outside every guarantee (`share.rs`).
         let pool_grant = match stock && !self.pool_waits.load(Relaxed) {
-            true => BATCH.min(self.limit - pool_used - bytes),
+            true => BATCH.min(self.grantable(share, account, bytes)),
             false => 0,
         };
         self.usage.fetch_add(bytes + pool_grant, Relaxed);
@@ -279,7 +300,7 @@ impl Ledger {
             if stock && after < ceiling {
                 tenant_grant = BATCH.min(ceiling - after);
             }
-            acc.usage.fetch_add(bytes + tenant_grant, Relaxed);
+            self.tenant_charge(acc, bytes + tenant_grant);
             if after > acc.soft_limit() {
                 // Above the soft limit a tenant keeps no stock: take any back, so usage is
                 // exactly its live bytes, then count.
@@ -296,6 +317,7 @@ impl Ledger {
     /// reads now, and leave every sum below its bound.
     fn check(
         &self,
+        share: &Share,
         account: Option<&TenantAccount>,
         bytes: u64,
         purpose: Purpose,
@@ -304,6 +326,8 @@ impl Ledger {
             requested: bytes,
             max,
         };
+        // The pool's word before the tenants' (`share.rs`, "Exactness").
+        let used = self.usage.load(Relaxed);
         if let Some(acc) = account {
             let used = acc.usage.load(Relaxed);
             let limit = acc.hard_bound();
@@ -321,11 +345,13 @@ impl Ledger {
                 Some(_) => {}
             }
         }
-        let used = self.usage.load(Relaxed);
-        let (sum, bound) = match (self.limit, purpose) {
+        if self.limit != u64::MAX {
+            return self.check_share(share, account, used, bytes);
+        }
+        let (sum, bound) = match purpose {
             // Without `max_live_bytes`, reservations alone are bounded, by `MAX_LIVE`.
-            (u64::MAX, Purpose::Reservation) => (self.reserved.load(Relaxed), MAX_LIVE),
-            (limit, _) => (used, limit),
+            Purpose::Reservation => (self.reserved.load(Relaxed), MAX_LIVE),
+            _ => (used, u64::MAX),
         };
         match sum.checked_add(bytes) {
             None => Err(too_large(u64::MAX)),
@@ -406,9 +432,34 @@ impl Ledger {
         bytes: u64,
         buffers: u64,
     ) -> bool {
-        let pool_waits = self.pool_waits.load(Relaxed);
+        // The tenant's word before the pool's (`share.rs`, "Exactness"); the account's
+        // usage word is the last of the account this touches.
+        let mut into_stock = mag.is_some() && !self.pool_waits.load(Relaxed);
+        if let Some(account) = tenant {
+            match mag.and_then(|m| m.find(account.as_ptr())) {
+                Some(slot) => {
+                    let (keep, excess) = kept(slot.stock() + bytes);
+                    slot.set_stock(keep);
+                    slot.count_buffers(buffers.wrapping_neg());
+                    if excess > 0 {
+                        // SAFETY: the slot stays bound, which keeps the account alive.
+                        self.tenant_debit(unsafe { account.get() }, excess);
+                    }
+                }
+                None => {
+                    // SAFETY: the caller's charge (these `bytes`) keeps the account alive
+                    // until the decrement of its usage (`SeqCst`, so also `Release`), its
+                    // last access.
+                    let acc = unsafe { account.get() };
+                    // Room a guarantee set aside never goes into a pool stock (`share.rs`).
+                    into_stock &= !acc.protected.load(Relaxed);
+                    acc.buffers.fetch_sub(buffers, Relaxed);
+                    self.tenant_debit(acc, bytes);
+                }
+            }
+        }
         match mag {
-            Some(mag) if !pool_waits => {
+            Some(mag) if into_stock => {
                 let (keep, excess) = kept(mag.pool_stock() + bytes);
                 mag.set_pool_stock(keep);
                 if excess > 0 {
@@ -419,25 +470,20 @@ impl Ledger {
                 self.usage.fetch_sub(bytes, SeqCst);
             }
         }
-        let Some(account) = tenant else {
-            return self.anyone_waits();
-        };
-        if let Some(slot) = mag.and_then(|m| m.find(account.as_ptr())) {
-            let (keep, excess) = kept(slot.stock() + bytes);
-            slot.set_stock(keep);
-            slot.count_buffers(buffers.wrapping_neg());
-            if excess > 0 {
-                // SAFETY: the slot stays bound, which keeps the account alive.
-                unsafe { account.get() }.usage.fetch_sub(excess, SeqCst);
-            }
-            return self.anyone_waits();
-        }
-        // SAFETY: the caller's charge (these `bytes`) keeps the account alive until the
-        // decrement below (`SeqCst`, so also `Release`), its last access.
-        let acc = unsafe { account.get() };
-        acc.buffers.fetch_sub(buffers, Relaxed);
-        acc.usage.fetch_sub(bytes, SeqCst);
         self.anyone_waits()
+    }
+
+    /// Adds `bytes` to a tenant's usage word (and to their sum). Under the lock.
+    fn tenant_charge(&self, acc: &TenantAccount, bytes: u64) {
+        self.tenanted.fetch_add(bytes, Relaxed);
+        acc.usage.fetch_add(bytes, Relaxed);
+    }
+
+    /// Takes `bytes` off a tenant's usage word (and their sum); the word last, since the
+    /// account may go once it is debited (`account.rs`).
+    fn tenant_debit(&self, acc: &TenantAccount, bytes: u64) {
+        self.tenanted.fetch_sub(bytes, Relaxed);
+        acc.usage.fetch_sub(bytes, SeqCst);
     }
 
     // -------------------------------------------------------------------------------
@@ -449,7 +495,12 @@ impl Ledger {
         self.waiting.load(Relaxed) as u64
     }
 
-    /// Time requests have spent waiting, in all.
+    /// Waits whose future was dropped before they were served.
+    pub(crate) fn waits_abandoned(&self) -> u64 {
+        self.abandoned.load(Relaxed)
+    }
+
+    /// Time requests have spent waiting, in all (waits that ended).
     pub(crate) fn wait_time_total(&self) -> std::time::Duration {
         std::time::Duration::from_nanos(self.wait_nanos.load(Relaxed))
     }
@@ -471,7 +522,13 @@ impl Ledger {
         magazines: impl Iterator<Item = &'a Magazine> + Clone,
         tenant: Option<&TenantAccount>,
     ) -> u64 {
-        let pool = self.limit.saturating_sub(self.pool_live(magazines.clone()));
+        // The others' guarantees are taken as wholly unused: a conservative figure, without
+        // the lock (callers hold the magazine list's, which comes after it).
+        let others = self.guarantees.load(Relaxed) - tenant.map_or(0, TenantAccount::guaranteed);
+        let pool = self
+            .limit
+            .saturating_sub(others)
+            .saturating_sub(self.pool_live(magazines.clone()));
         let tenant = tenant.map_or(u64::MAX, |acc| {
             acc.hard_bound()
                 .saturating_sub(Self::tenant_live(acc, magazines))
@@ -490,7 +547,28 @@ impl Ledger {
     ) {
         let mut queue = self.lock.lock();
         account.set_limits(soft, hard);
-        self.pass(&mut queue, magazines);
+        self.pass(&mut queue, magazines, Focus::for_line(Some(account)));
+    }
+
+    /// Sets a tenant's guarantee under the ledger's lock, or refuses it changing nothing
+    /// (`share.rs`). The stocks that could hold the room it sets aside are taken back, and
+    /// every waiter is looked at again.
+    pub(crate) fn set_guarantee(
+        &self,
+        magazines: &Magazines,
+        account: &Arc<TenantAccount>,
+        bytes: Option<u64>,
+    ) -> Result<(), PoolError> {
+        let mut queue = self.lock.lock();
+        self.set_guarantee_locked(&mut queue.share, account, bytes)?;
+        if account.protected.load(Relaxed) {
+            // No stock may hold its room: its own, and every pool stock (spendable by any
+            // tenant of its thread).
+            self.take_back(magazines, false, Some(account));
+            self.take_back_pool_stocks(magazines);
+        }
+        self.pass(&mut queue, magazines, Focus::All);
+        Ok(())
     }
 
     /// Live bytes of the pool: usage minus the stocks of `magazines` (exact when they are

@@ -298,7 +298,7 @@ impl PoolRef {
         pages::discard(discarded);
         self.after_give();
         if wake {
-            self.ledger.serve(&self.magazines);
+            self.ledger.serve(&self.magazines, tenant);
         }
     }
 
@@ -340,7 +340,7 @@ impl PoolRef {
             self.ledger.unreserve(bytes);
         }
         if wake {
-            self.ledger.serve(&self.magazines);
+            self.ledger.serve(&self.magazines, tenant);
         }
     }
 
@@ -434,6 +434,14 @@ impl PoolInner {
 
     pub(crate) fn set_limits(&self, account: &TenantAccount, soft: u64, hard: Option<u64>) {
         self.ledger.set_limits(&self.magazines, account, soft, hard);
+    }
+
+    pub(crate) fn set_guarantee(
+        &self,
+        account: &Arc<TenantAccount>,
+        bytes: Option<u64>,
+    ) -> Result<(), PoolError> {
+        self.ledger.set_guarantee(&self.magazines, account, bytes)
     }
 
     pub(crate) fn allocate_oversize(&self, bytes: usize) -> Result<Vec<u8>, PoolError> {

@@ -51,7 +51,7 @@ impl PoolInner {
             }
         }
         // Its stocks went back to the usage words: room for waiters, maybe.
-        self.ledger.serve(&self.magazines);
+        self.ledger.serve(&self.magazines, None);
     }
 
     /// Frees every idle slab, on the lists and in every thread's magazine, and gives its
@@ -144,6 +144,8 @@ impl PoolInner {
     /// Every figure, with every magazine frozen: no slab or stock is counted twice or
     /// missed, and no idle figure passes a cap.
     pub(crate) fn snapshot(&self) -> BufferPoolSnapshot {
+        // The waits in progress first: the ledger's lock comes before the list's.
+        let (waiting_total, waiting_for) = self.ledger.waiting_for();
         let list = self.magazines.lock();
         let frozen = Frozen::freeze(&list);
         let mags = || list.iter().map(|m| &**m);
@@ -189,16 +191,24 @@ impl PoolInner {
                 .insert(id.clone(), Ledger::tenant_buffers(acc, mags()));
             snap.tenant_waiters
                 .insert(id.clone(), acc.waiters.load(Relaxed) as u64);
+            let in_progress = waiting_for.get(&(acc as *const TenantAccount as usize));
             snap.tenant_wait_time_total.insert(
                 id.clone(),
-                Duration::from_nanos(acc.wait_nanos.load(Relaxed)),
+                Duration::from_nanos(acc.wait_nanos.load(Relaxed))
+                    + in_progress.copied().unwrap_or_default(),
             );
+            snap.tenant_waits_abandoned_total
+                .insert(id.clone(), acc.waits_abandoned.load(Relaxed));
+            if let Some(bytes) = acc.guarantee() {
+                snap.tenant_guarantee_bytes.insert(id.clone(), bytes);
+            }
             if let Some(limit) = acc.hard_limit() {
                 snap.tenant_hard_limit_bytes.insert(id, limit);
             }
         }
         snap.waiters = self.ledger.waiters();
-        snap.wait_time_total = self.ledger.wait_time_total();
+        snap.wait_time_total = self.ledger.wait_time_total() + waiting_total;
+        snap.waits_abandoned_total = self.ledger.waits_abandoned();
         drop(frozen);
         snap
     }

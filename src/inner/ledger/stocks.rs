@@ -27,7 +27,7 @@ impl Ledger {
             if let Some(account) = tenant {
                 // SAFETY: the caller holds a handle or a buffer of the account.
                 let acc = unsafe { account.get() };
-                acc.usage.fetch_sub(tenant_grant, Relaxed);
+                self.tenant_debit(acc, tenant_grant);
                 acc.buffers.fetch_add(buffers, Relaxed);
             }
             return;
@@ -39,7 +39,7 @@ impl Ledger {
             None if tenant_grant > 0 => {
                 let slot = section.victim();
                 if !slot.account().is_null() {
-                    Self::unbind(slot);
+                    self.unbind(slot);
                 }
                 // SAFETY: the caller holds a handle or a buffer of the account.
                 unsafe { account.get() }.stock_slots.fetch_add(1, Relaxed);
@@ -102,7 +102,7 @@ impl Ledger {
             }
             if let Some(acc) = tenant {
                 if let Some(slot) = mag.find(acc) {
-                    Self::unbind(slot);
+                    self.unbind(slot);
                 }
             }
         }
@@ -114,19 +114,19 @@ impl Ledger {
         self.usage.fetch_sub(mag.pool_stock(), Relaxed);
         mag.set_pool_stock(0);
         for slot in mag.bound() {
-            Self::unbind(slot);
+            self.unbind(slot);
         }
     }
 
     /// Unbinds a stock slot, giving its stock and buffer count back to its account. The
     /// slot's binding kept the account alive; the `Release` of `stock_slots` is the last
     /// access.
-    fn unbind(slot: Slot<'_>) {
+    fn unbind(&self, slot: Slot<'_>) {
         // SAFETY: a bound slot keeps its account alive (account.rs) until the decrement
         // of `stock_slots` below.
         let acc = unsafe { &*slot.account() };
         acc.buffers.fetch_add(slot.buffers(), Relaxed);
-        acc.usage.fetch_sub(slot.stock(), SeqCst);
+        self.tenant_debit(acc, slot.stock());
         acc.stock_slots.fetch_sub(1, SeqCst);
         slot.unbind();
     }

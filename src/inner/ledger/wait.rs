@@ -7,10 +7,13 @@
 //!   ([`PoolError::waiting_helps`]); one that can never fit fails at once.
 //! - Waiters are served in arrival order, per tenant: a tenant's first waiter is its *head*,
 //!   and the ones behind it wait even if they would fit (head-of-line: a large request is
-//!   never starved by a stream of small ones). Waiters for the pool's `max_live_bytes` are
-//!   served in arrival order across tenants the same way.
+//!   never starved by a stream of small ones). Each tenant's waiters form a *line*
+//!   (untenanted ones one more line). Across lines, for the pool's `max_live_bytes`, the
+//!   order is the sharing policy's (`share.rs`: least holding first, and no line of
+//!   higher rank overtakes a head that does not fit).
 //! - While a tenant (or the pool) has waiters, the room that frees up is theirs: a new
-//!   buffer or reservation of that tenant (of any tenant, for the pool) is refused by
+//!   buffer or reservation of that tenant (for the pool: of any tenant that would not rank
+//!   before every line waiting for it, and not within its own guarantee) is refused by
 //!   `try_*` and queued by the `_wait` forms. A buffer that already exists may still grow.
 //! - Every debit that reaches a usage word, every limit change and every stock given back
 //!   runs a *pass* when anyone waits: in arrival order, each head whose request now fits
@@ -44,70 +47,104 @@
 //!
 //! # Cancellation
 //!
-//! Dropping the future anywhere charges nothing: a queued waiter leaves the queue, and one
-//! already charged on its behalf gives the charge back; either way a pass runs, so its turn
-//! goes to the next waiter.
+//! Dropping the future anywhere charges nothing: a queued waiter leaves the queue (counted
+//! as an abandoned wait), and one already charged on its behalf gives the charge back;
+//! either way a pass runs, so its turn goes to the next waiter.
 //!
 //! While a tenant has waiters its ceiling is 0 and its stocks have been taken back, so its
 //! usage is its live bytes, every debit reaches the word, and no stock hides room.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{fence, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::share::{Place, Share};
 use super::{Charged, Ledger, Magazines, Purpose};
-use crate::inner::account::TenantAccount;
+use crate::inner::account::{AccountPtr, TenantAccount};
 use crate::PoolError;
 
-/// The waiters, in arrival order. Guarded by the ledger's lock.
+/// The waiters, by line, and the waiters already decided. Guarded by the ledger's lock.
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
-    waiters: VecDeque<Waiter>,
     next_id: u64,
-    /// Scratch of a pass: the tenants whose head does not fit yet (account addresses).
-    blocked: Vec<usize>,
-    /// Scratch of a pass: those of them whose head their own hard limit refuses.
-    over_hard: Vec<usize>,
-    /// Bytes the waiters not yet served hold already (see "Hold and wait").
+    /// The waiters not yet decided, per line (key: the account's address; 0 untenanted).
+    lines: HashMap<usize, Line>,
+    /// Waiters served or failed on their behalf, by id, until their future takes the
+    /// outcome.
+    decided: HashMap<u64, Decided>,
+    /// Bytes the waiters not yet decided hold already (see "Hold and wait").
     held: u64,
+    /// The sharing policy's state: the serving order and the guarantees (`share.rs`).
+    pub(super) share: Share,
+}
+
+/// One tenant's waiters, in arrival order.
+#[derive(Debug)]
+struct Line {
+    account: Option<Arc<TenantAccount>>,
+    waiters: VecDeque<Waiter>,
+    /// Its place in the serving order; `None` while its tenant's hard limit refuses its
+    /// head (its own debits and limit changes look at it again).
+    place: Option<Place>,
 }
 
 #[derive(Debug)]
 struct Waiter {
     id: u64,
-    account: Option<Arc<TenantAccount>>,
     bytes: u64,
     purpose: Purpose,
     /// What the request holds in all once served (`bytes` plus what it holds already).
     needed: u64,
     waker: Waker,
     since: Instant,
-    /// Decided on the waiter's behalf: charged (the future takes the charge on its next
-    /// poll), or failed. `None` while it waits.
-    outcome: Option<Result<Charged, PoolError>>,
 }
 
 impl Waiter {
-    fn key(&self) -> usize {
-        self.account.as_ref().map_or(0, |a| Arc::as_ptr(a) as usize)
-    }
-
     /// Bytes the request holds already (a growing buffer's capacity).
     fn held(&self) -> u64 {
         self.needed - self.bytes
     }
 }
 
+/// A waiter served or failed on its behalf.
+#[derive(Debug)]
+struct Decided {
+    account: Option<Arc<TenantAccount>>,
+    bytes: u64,
+    purpose: Purpose,
+    since: Instant,
+    outcome: Result<Charged, PoolError>,
+}
+
+/// Which lines a pass looks at again before serving, besides the serving order.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Focus {
+    /// Only the order (a debit of untenanted bytes, stocks given back).
+    Order,
+    /// The line of the tenant at this address: its usage or its limits changed. An
+    /// address, not a reference: after its last debit the account may be gone (then it
+    /// has no line, since a line holds its account).
+    Tenant(usize),
+    /// Every line: the room guarantees set aside changed.
+    All,
+}
+
+fn key_of(account: Option<&TenantAccount>) -> usize {
+    account.map_or(0, |acc| acc as *const TenantAccount as usize)
+}
+
 impl Ledger {
     /// Whether queued waiters own the room this charge would take: a new buffer or
-    /// reservation of a tenant with waiters, or of anyone while the pool has waiters. The
-    /// caller holds the lock.
+    /// reservation of a tenant with waiters, or, while the pool has waiters, of a tenant
+    /// that would not rank before them all and is not within its guarantee. The caller
+    /// holds the lock.
     pub(super) fn queued_ahead(
         &self,
+        queue: &Queue,
         account: Option<&TenantAccount>,
         bytes: u64,
         purpose: Purpose,
@@ -116,12 +153,17 @@ impl Ledger {
             return None;
         }
         if self.pool_waits.load(Relaxed) {
-            return Some(PoolError::PoolLimit {
-                requested: bytes,
-                live: self.usage.load(Relaxed),
-                limit: self.limit,
-                needed: bytes,
-            });
+            let within_guarantee =
+                account.is_some_and(|acc| acc.usage.load(Relaxed) + bytes <= acc.guaranteed());
+            let first = queue.share.order.first().map(|place| place.0);
+            if !within_guarantee && first.is_some_and(|rank| self.rank(account) >= rank) {
+                return Some(PoolError::PoolLimit {
+                    requested: bytes,
+                    live: self.usage.load(Relaxed),
+                    limit: self.pool_bound(&queue.share, account),
+                    needed: bytes,
+                });
+            }
         }
         let acc = account.filter(|acc| acc.waiters.load(Relaxed) > 0)?;
         Some(PoolError::TenantHardLimit {
@@ -139,20 +181,30 @@ impl Ledger {
         self.waiting.load(SeqCst) > 0
     }
 
-    /// Runs a pass, if anyone waits.
-    pub(crate) fn serve(&self, magazines: &Magazines) {
+    /// Runs a pass, if anyone waits, looking again at `tenant`'s line (its usage changed).
+    pub(crate) fn serve(&self, magazines: &Magazines, tenant: Option<AccountPtr>) {
         if self.anyone_waits() {
             let mut queue = self.lock.lock();
-            self.pass(&mut queue, magazines);
+            let focus = tenant.map_or(Focus::Order, |a| Focus::Tenant(a.as_ptr() as usize));
+            self.pass(&mut queue, magazines, focus);
         }
     }
 
-    /// Serves the queue in arrival order: each tenant's head (and, for the pool, the
-    /// first waiter it refuses and everyone behind it) is charged and woken if it fits;
-    /// waiters that can never fit, or that wait for each other, fail.
-    pub(super) fn pass(&self, queue: &mut Queue, magazines: &Magazines) {
+    /// Looks at `focus` again, then serves the lines in the policy's order; waiters that
+    /// can never fit, or that wait for each other, fail.
+    pub(super) fn pass(&self, queue: &mut Queue, magazines: &Magazines, focus: Focus) {
+        match focus {
+            Focus::Order => {}
+            Focus::Tenant(key) => self.refresh(queue, key),
+            Focus::All => {
+                let keys: Vec<usize> = queue.lines.keys().copied().collect();
+                for key in keys {
+                    self.refresh(queue, key);
+                }
+            }
+        }
         loop {
-            let pool_blocked = self.serve_fitting(queue, magazines);
+            let pool_blocked = self.serve_in_order(queue, magazines);
             if pool_blocked && !self.pool_waits.swap(true, Relaxed) {
                 // From now on no pool stock may hide room the waiters need: take them
                 // back, then look again (see "No lost wakeup").
@@ -161,139 +213,229 @@ impl Ledger {
             }
             if !pool_blocked {
                 self.pool_waits.store(false, Relaxed);
+            } else {
+                self.break_pool_deadlock(queue);
             }
-            self.break_deadlock(queue, pool_blocked);
             return;
         }
     }
 
-    /// One look at the queue in arrival order: serves what fits, fails what never can.
-    /// Returns whether the pool's limit blocks a waiter.
-    fn serve_fitting(&self, queue: &mut Queue, magazines: &Magazines) -> bool {
+    /// A line whose tenant's usage or limits changed: fails the waiters that can never
+    /// fit, and puts it back in the serving order with its rank read anew.
+    fn refresh(&self, queue: &mut Queue, key: usize) {
         let Queue {
-            waiters,
-            blocked,
-            over_hard,
+            lines,
+            decided,
             held,
+            share,
             ..
         } = queue;
-        blocked.clear();
-        over_hard.clear();
-        let mut pool_blocked = false;
-        let mut took_back = false;
-        for w in waiters.iter_mut().filter(|w| w.outcome.is_none()) {
-            if let Some(err) = self.never_fits(w) {
-                self.fail(w, err, held);
-                continue;
-            }
-            let key = w.key();
-            if (key != 0 && blocked.contains(&key)) || pool_blocked {
-                if key != 0 {
-                    blocked.push(key);
+        let Some(line) = lines.get_mut(&key) else {
+            return;
+        };
+        let mut at = 0;
+        while at < line.waiters.len() {
+            match self.never_fits(share, line.account.as_deref(), &line.waiters[at]) {
+                Some(err) => {
+                    let w = line.waiters.remove(at).expect("in the line");
+                    self.fail(line.account.as_ref(), w, err, held, decided);
                 }
+                None => at += 1,
+            }
+        }
+        self.place(share, line);
+        if line.waiters.is_empty() {
+            lines.remove(&key);
+        }
+    }
+
+    /// Puts `line` in the serving order at its rank now (out of it if empty).
+    fn place(&self, share: &mut Share, line: &mut Line) {
+        if let Some(place) = line.place.take() {
+            share.order.remove(&place);
+        }
+        if let Some(head) = line.waiters.front() {
+            let place = (
+                self.rank(line.account.as_deref()),
+                head.id,
+                key_of(line.account.as_deref()),
+            );
+            share.order.insert(place);
+            line.place = Some(place);
+        }
+    }
+
+    /// Serves heads in the policy's order until one does not fit the pool. Returns
+    /// whether the pool's limit blocks a head.
+    fn serve_in_order(&self, queue: &mut Queue, magazines: &Magazines) -> bool {
+        let mut took_back = false;
+        while let Some(&place) = queue.share.order.first() {
+            let Queue {
+                lines,
+                decided,
+                held,
+                share,
+                ..
+            } = &mut *queue;
+            let key = place.2;
+            let line = lines.get_mut(&key).expect("a placed line has waiters");
+            let account = line.account.clone();
+            let acc = account.as_deref();
+            // A growth of a waiting tenant's buffer may have raised its rank: re-place it.
+            if self.rank(acc) != place.0 {
+                self.place(share, line);
                 continue;
             }
-            let account = w.account.as_deref();
-            let mut fits = self.check(account, w.bytes, w.purpose);
+            let w = line.waiters.front().expect("a placed line has waiters");
+            let mut fits = self.check(share, acc, w.bytes, w.purpose);
             if matches!(fits, Err(PoolError::PoolLimit { .. })) && !took_back {
                 // Idle threads' pool stocks may hold the room: take them back once.
                 self.take_back(magazines, true, None);
                 took_back = true;
-                fits = self.check(account, w.bytes, w.purpose);
+                fits = self.check(share, acc, w.bytes, w.purpose);
             }
             match fits {
                 Ok(()) => {
-                    let charged = self.grant(w, held);
-                    w.outcome = Some(Ok(charged));
+                    let w = line.waiters.pop_front().expect("the head");
+                    let charged = self.grant(acc, &w, held);
                     w.waker.wake_by_ref();
+                    decided.insert(w.id, Decided::new(account.clone(), &w, Ok(charged)));
+                    self.place(share, line);
+                    if line.waiters.is_empty() {
+                        lines.remove(&key);
+                    }
+                }
+                Err(PoolError::PoolLimit { .. }) => return true,
+                Err(PoolError::TenantHardLimit { .. }) => {
+                    // Out of the order until its own debits or limits change.
+                    share.order.remove(&place);
+                    line.place = None;
+                    self.break_tenant_deadlock(line, held, decided);
+                    if line.waiters.is_empty() {
+                        lines.remove(&key);
+                    }
                 }
                 Err(err) => {
-                    pool_blocked |= matches!(err, PoolError::PoolLimit { .. });
-                    if key != 0 {
-                        blocked.push(key);
-                    }
-                    if matches!(err, PoolError::TenantHardLimit { .. }) {
-                        over_hard.push(key);
+                    // A sum would overflow: nothing waiting can fix.
+                    let w = line.waiters.pop_front().expect("the head");
+                    self.fail(account.as_ref(), w, err, held, decided);
+                    self.place(share, line);
+                    if line.waiters.is_empty() {
+                        lines.remove(&key);
                     }
                 }
             }
         }
-        pool_blocked
+        false
     }
 
     /// The refusal of a waiter that can never fit the limits as they are now.
-    fn never_fits(&self, w: &Waiter) -> Option<PoolError> {
-        let err = match &w.account {
-            Some(acc) if w.needed > acc.hard_bound() => PoolError::TenantHardLimit {
+    fn never_fits(
+        &self,
+        share: &Share,
+        account: Option<&TenantAccount>,
+        w: &Waiter,
+    ) -> Option<PoolError> {
+        if let Some(acc) = account.filter(|acc| w.needed > acc.hard_bound()) {
+            return Some(PoolError::TenantHardLimit {
                 tenant: acc.id().to_owned(),
                 requested: w.bytes,
                 live: acc.usage.load(Relaxed),
                 limit: acc.hard_bound(),
                 needed: w.needed,
-            },
-            _ if w.needed > self.limit => PoolError::PoolLimit {
-                requested: w.bytes,
-                live: self.usage.load(Relaxed),
-                limit: self.limit,
-                needed: w.needed,
-            },
-            _ => return None,
-        };
-        Some(err)
+            });
+        }
+        let bound = self.pool_bound(share, account);
+        (w.needed > bound).then(|| PoolError::PoolLimit {
+            requested: w.bytes,
+            live: self.usage.load(Relaxed),
+            limit: bound,
+            needed: w.needed,
+        })
     }
 
-    /// Fails the youngest waiter that holds memory under a limit whose live bytes are all
-    /// held by its waiters (see "Hold and wait"): a tenant's hard limit first, then the
-    /// pool's. One waiter a pass; the next pass, after it let go, looks again.
-    fn break_deadlock(&self, queue: &mut Queue, pool_blocked: bool) {
-        let Queue {
-            waiters,
-            over_hard,
-            held,
-            ..
-        } = queue;
-        // A tenant has no stock while it waits, so its usage is its live bytes.
-        let all_held = |acc: &TenantAccount| {
-            let live = acc.usage.load(Relaxed);
-            live > 0 && live <= acc.waiting_held.load(Relaxed)
+    /// A line its tenant's hard limit blocks: if the tenant's live bytes are all held by
+    /// its waiters, fails the youngest of them that holds memory (see "Hold and wait").
+    fn break_tenant_deadlock(
+        &self,
+        line: &mut Line,
+        held: &mut u64,
+        decided: &mut HashMap<u64, Decided>,
+    ) {
+        let Some(acc) = line.account.as_deref() else {
+            return;
         };
-        let stuck = over_hard.iter().copied().find(|&key| {
-            let acc = waiters.iter().find(|w| w.key() == key);
-            acc.and_then(|w| w.account.as_deref()).is_some_and(all_held)
-        });
-        // With `pool_waits` up and the stocks taken back, the pool's usage is live too.
-        let pool_live = self.usage.load(Relaxed);
-        if stuck.is_none() && !(pool_blocked && pool_live > 0 && pool_live <= *held) {
+        // A tenant has no stock while it waits: its usage is its live bytes.
+        let live = acc.usage.load(Relaxed);
+        if live == 0 || live > acc.waiting_held.load(Relaxed) {
             return;
         }
-        let victim = waiters.iter_mut().rev().find(|w| {
-            w.outcome.is_none() && w.held() > 0 && stuck.is_none_or(|key| w.key() == key)
-        });
-        let Some(victim) = victim else { return };
-        let err = match (stuck, victim.account.as_deref()) {
-            (Some(_), Some(acc)) => PoolError::WaitDeadlock {
-                tenant: Some(acc.id().to_owned()),
-                requested: victim.bytes,
-                held: victim.held(),
-                live: acc.usage.load(Relaxed),
-                limit: acc.hard_bound(),
-            },
-            _ => PoolError::WaitDeadlock {
-                tenant: None,
-                requested: victim.bytes,
-                held: victim.held(),
-                live: pool_live,
-                limit: self.limit,
-            },
+        let Some(at) = line.waiters.iter().rposition(|w| w.held() > 0) else {
+            return;
         };
-        self.fail(victim, err, held);
+        let w = line.waiters.remove(at).expect("in the line");
+        let err = PoolError::WaitDeadlock {
+            tenant: Some(acc.id().to_owned()),
+            requested: w.bytes,
+            held: w.held(),
+            live,
+            limit: acc.hard_bound(),
+        };
+        let account = line.account.clone();
+        self.fail(account.as_ref(), w, err, held, decided);
+    }
+
+    /// The pool's limit blocks a head: if the pool's live bytes are all held by waiters,
+    /// fails the youngest waiter that holds memory, of any line.
+    fn break_pool_deadlock(&self, queue: &mut Queue) {
+        // With `pool_waits` up and the stocks taken back, the pool's usage is live.
+        let live = self.usage.load(Relaxed);
+        if live == 0 || live > queue.held {
+            return;
+        }
+        let youngest = queue
+            .lines
+            .iter()
+            .flat_map(|(&key, line)| {
+                let holders = line.waiters.iter().filter(|w| w.held() > 0);
+                holders.map(move |w| (w.id, key))
+            })
+            .max();
+        let Some((id, key)) = youngest else { return };
+        let Queue {
+            lines,
+            decided,
+            held,
+            share,
+            ..
+        } = queue;
+        let line = lines.get_mut(&key).expect("found above");
+        let at = line
+            .waiters
+            .iter()
+            .position(|w| w.id == id)
+            .expect("found above");
+        let w = line.waiters.remove(at).expect("in the line");
+        let err = PoolError::WaitDeadlock {
+            tenant: None,
+            requested: w.bytes,
+            held: w.held(),
+            live,
+            limit: self.limit,
+        };
+        let account = line.account.clone();
+        self.fail(account.as_ref(), w, err, held, decided);
+        self.place(share, line);
+        if line.waiters.is_empty() {
+            lines.remove(&key);
+        }
     }
 
     /// Takes a waiter off the waiting counts (served, failed or cancelled).
-    fn leave(&self, w: &Waiter, held: &mut u64) {
+    fn leave(&self, account: Option<&TenantAccount>, w: &Waiter, held: &mut u64) {
         self.waiting.fetch_sub(1, SeqCst);
         *held -= w.held();
-        if let Some(acc) = &w.account {
+        if let Some(acc) = account {
             acc.waiting_held.fetch_sub(w.held(), Relaxed);
             if acc.waiters.fetch_sub(1, Relaxed) == 1 {
                 acc.restore_ceiling();
@@ -301,28 +443,35 @@ impl Ledger {
         }
     }
 
-    /// Fails a waiter: it leaves the waiting counts, is counted as a refusal, and is woken
-    /// to take its error.
-    fn fail(&self, w: &mut Waiter, err: PoolError, held: &mut u64) {
-        self.leave(w, held);
-        self.count_refusal(&err, w.account.as_deref());
-        w.outcome = Some(Err(err));
+    /// Fails a waiter taken out of its line: it leaves the waiting counts, is counted as
+    /// a refusal, and is woken to take its error.
+    fn fail(
+        &self,
+        account: Option<&Arc<TenantAccount>>,
+        w: Waiter,
+        err: PoolError,
+        held: &mut u64,
+        decided: &mut HashMap<u64, Decided>,
+    ) {
+        self.leave(account.map(|a| &**a), &w, held);
+        self.count_refusal(&err, account.map(|a| &**a));
         w.waker.wake_by_ref();
+        decided.insert(w.id, Decided::new(account.cloned(), &w, Err(err)));
     }
 
     /// Charges a served waiter's request, straight to the usage words, and takes it off the
     /// waiting counts.
-    fn grant(&self, w: &Waiter, held: &mut u64) -> Charged {
+    fn grant(&self, account: Option<&TenantAccount>, w: &Waiter, held: &mut u64) -> Charged {
         let (bytes, purpose) = (w.bytes, w.purpose);
         self.usage.fetch_add(bytes, Relaxed);
         if purpose == Purpose::Reservation {
             self.reserved.fetch_add(bytes, Relaxed);
         }
-        self.leave(w, held);
-        let Some(acc) = w.account.as_deref() else {
+        self.leave(account, w, held);
+        let Some(acc) = account else {
             return Charged { over_soft: false };
         };
-        acc.usage.fetch_add(bytes, Relaxed);
+        self.tenant_charge(acc, bytes);
         acc.buffers.fetch_add(purpose.buffers(), Relaxed);
         // The tenant had no stock while it had waiters: usage is its live bytes.
         Charged {
@@ -344,9 +493,9 @@ impl Ledger {
     ) -> Result<Result<Charged, u64>, PoolError> {
         let mut queue = self.lock.lock();
         let acc = account.map(|a| &**a);
-        let refused = match self.queued_ahead(acc, bytes, purpose) {
+        let refused = match self.queued_ahead(&queue, acc, bytes, purpose) {
             Some(err) => err,
-            None => match self.commit(magazines, acc, bytes, purpose, false) {
+            None => match self.commit(&queue.share, magazines, acc, bytes, purpose, false) {
                 Ok((charged, _, _)) => {
                     if let Some(acc) = acc {
                         acc.buffers.fetch_add(purpose.buffers(), Relaxed);
@@ -365,24 +514,36 @@ impl Ledger {
             *n = needed;
         }
         let hard = acc.map_or(u64::MAX, TenantAccount::hard_bound);
-        if !refused.waiting_helps() || needed > hard || needed > self.limit {
+        let pool = self.pool_bound(&queue.share, acc);
+        if !refused.waiting_helps() || needed > hard || needed > pool {
+            if let PoolError::PoolLimit { limit, .. } = &mut refused {
+                *limit = pool; // the bound the request can never fit
+            }
             self.count_refusal(&refused, acc);
             return Err(refused);
         }
         let id = queue.next_id;
         queue.next_id += 1;
-        queue.waiters.push_back(Waiter {
+        let w = Waiter {
             id,
-            account: account.cloned(),
             bytes,
             purpose,
             needed,
             waker: waker.clone(),
             since: Instant::now(),
-            outcome: None,
-        });
-        let held = needed - bytes;
+        };
+        let held = w.held();
         queue.held += held;
+        let Queue { lines, share, .. } = &mut *queue;
+        let line = lines.entry(key_of(acc)).or_insert_with(|| Line {
+            account: account.cloned(),
+            waiters: VecDeque::new(),
+            place: None,
+        });
+        line.waiters.push_back(w);
+        if line.waiters.len() == 1 {
+            self.place(share, line); // a new head: its line joins the order
+        }
         self.waiting.fetch_add(1, SeqCst);
         if let Some(acc) = acc {
             acc.waiting_held.fetch_add(held, Relaxed);
@@ -397,7 +558,7 @@ impl Ledger {
         // The last check, registered: a debit from now on sees `waiting`. The fence orders
         // the count before the loads of the usage words in the pass.
         fence(SeqCst);
-        self.pass(&mut queue, magazines);
+        self.pass(&mut queue, magazines, Focus::for_line(acc));
         match self.take_outcome(&mut queue, id) {
             Some(outcome) => outcome.map(Ok),
             None => Ok(Err(id)),
@@ -406,64 +567,103 @@ impl Ledger {
 
     /// A later poll: the waiter's outcome if it was decided (it leaves the queue), else
     /// its waker is updated.
-    fn poll_queued(&self, id: u64, waker: &Waker) -> Option<Result<Charged, PoolError>> {
+    fn poll_queued(
+        &self,
+        id: u64,
+        account: Option<&TenantAccount>,
+        waker: &Waker,
+    ) -> Option<Result<Charged, PoolError>> {
         let mut queue = self.lock.lock();
         let outcome = self.take_outcome(&mut queue, id);
         if outcome.is_none() {
-            if let Some(w) = queue.waiters.iter_mut().find(|w| w.id == id) {
+            let line = queue.lines.get_mut(&key_of(account));
+            if let Some(w) = line.and_then(|l| l.waiters.iter_mut().find(|w| w.id == id)) {
                 w.waker.clone_from(waker);
             }
         }
         outcome
     }
 
-    /// Removes a served or failed waiter and returns its outcome, counting the time it
-    /// waited.
+    /// Removes a decided waiter and returns its outcome, counting the time it waited.
     fn take_outcome(&self, queue: &mut Queue, id: u64) -> Option<Result<Charged, PoolError>> {
-        let at = queue
-            .waiters
-            .iter()
-            .position(|w| w.id == id && w.outcome.is_some())?;
-        let w = queue.waiters.remove(at)?;
-        self.count_wait(&w);
-        w.outcome
+        let d = queue.decided.remove(&id)?;
+        self.count_wait(d.account.as_deref(), d.since);
+        Some(d.outcome)
     }
 
-    /// Adds the time `w` waited to its tenant's figure and the pool's.
-    fn count_wait(&self, w: &Waiter) {
-        let nanos = u64::try_from(w.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    /// Adds the time a waiter waited to its tenant's figure and the pool's.
+    fn count_wait(&self, account: Option<&TenantAccount>, since: Instant) {
+        let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.wait_nanos.fetch_add(nanos, Relaxed);
-        if let Some(acc) = &w.account {
+        if let Some(acc) = account {
             acc.wait_nanos.fetch_add(nanos, Relaxed);
         }
     }
 
     /// The future was dropped: nothing stays charged, and the turn goes on.
-    fn cancel(&self, magazines: &Magazines, id: u64) {
+    fn cancel(&self, magazines: &Magazines, id: u64, account: Option<&TenantAccount>) {
         let mut queue = self.lock.lock();
-        let Some(at) = queue.waiters.iter().position(|w| w.id == id) else {
-            return;
-        };
-        let Some(w) = queue.waiters.remove(at) else {
-            return;
-        };
-        self.count_wait(&w);
-        match &w.outcome {
-            Some(Ok(_)) => {
+        if let Some(d) = queue.decided.remove(&id) {
+            self.count_wait(d.account.as_deref(), d.since);
+            if d.outcome.is_ok() {
                 // Served but never taken: give the charge back.
-                self.usage.fetch_sub(w.bytes, SeqCst);
-                if w.purpose == Purpose::Reservation {
-                    self.reserved.fetch_sub(w.bytes, Relaxed);
+                if let Some(acc) = d.account.as_deref() {
+                    acc.buffers.fetch_sub(d.purpose.buffers(), Relaxed);
+                    self.tenant_debit(acc, d.bytes);
                 }
-                if let Some(acc) = w.account.as_deref() {
-                    acc.buffers.fetch_sub(w.purpose.buffers(), Relaxed);
-                    acc.usage.fetch_sub(w.bytes, SeqCst);
+                self.usage.fetch_sub(d.bytes, SeqCst);
+                if d.purpose == Purpose::Reservation {
+                    self.reserved.fetch_sub(d.bytes, Relaxed);
                 }
-            }
-            Some(Err(_)) => {} // failed: it left the counts then
-            None => self.leave(&w, &mut queue.held),
+            } // failed: it left the counts then
+            self.pass(&mut queue, magazines, Focus::for_line(account));
+            return;
         }
-        self.pass(&mut queue, magazines);
+        let key = key_of(account);
+        let Queue {
+            lines, held, share, ..
+        } = &mut *queue;
+        let Some(line) = lines.get_mut(&key) else {
+            return;
+        };
+        let Some(at) = line.waiters.iter().position(|w| w.id == id) else {
+            return;
+        };
+        let w = line.waiters.remove(at).expect("in the line");
+        if at == 0 && line.place.is_some() {
+            self.place(share, line); // a new head, or an empty line out of the order
+        }
+        if line.waiters.is_empty() {
+            lines.remove(&key);
+        }
+        self.count_wait(account, w.since);
+        self.leave(account, &w, held);
+        self.abandoned.fetch_add(1, Relaxed);
+        if let Some(acc) = account {
+            acc.waits_abandoned.fetch_add(1, Relaxed);
+        }
+        self.pass(&mut queue, magazines, Focus::for_line(account));
+    }
+
+    /// Time the waiters still waiting have waited so far: in all, and per tenant (by
+    /// account address).
+    pub(crate) fn waiting_for(&self) -> (Duration, HashMap<usize, Duration>) {
+        let queue = self.lock.lock();
+        let now = Instant::now();
+        let mut total = Duration::ZERO;
+        let mut per = HashMap::new();
+        for (&key, line) in &queue.lines {
+            let line_total: Duration = line
+                .waiters
+                .iter()
+                .map(|w| now.saturating_duration_since(w.since))
+                .sum();
+            total += line_total;
+            if key != 0 {
+                per.insert(key, line_total);
+            }
+        }
+        (total, per)
     }
 
     /// Charges `bytes` to `account` and the pool, waiting for room while a limit refuses
@@ -488,6 +688,29 @@ impl Ledger {
     }
 }
 
+impl Decided {
+    fn new(
+        account: Option<Arc<TenantAccount>>,
+        w: &Waiter,
+        outcome: Result<Charged, PoolError>,
+    ) -> Decided {
+        Decided {
+            account,
+            bytes: w.bytes,
+            purpose: w.purpose,
+            since: w.since,
+            outcome,
+        }
+    }
+}
+
+impl Focus {
+    /// The tenant's line, or only the order for an untenanted waiter.
+    pub(super) fn for_line(account: Option<&TenantAccount>) -> Focus {
+        account.map_or(Focus::Order, |acc| Focus::Tenant(key_of(Some(acc))))
+    }
+}
+
 /// The future of [`Ledger::charge_wait`]: the charge, once made.
 #[must_use = "futures do nothing unless awaited"]
 #[derive(Debug)]
@@ -508,7 +731,10 @@ impl Future for ChargeWait<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         match this.queued {
-            Some(id) => match this.ledger.poll_queued(id, cx.waker()) {
+            Some(id) => match this
+                .ledger
+                .poll_queued(id, this.account.as_deref(), cx.waker())
+            {
                 Some(outcome) => {
                     this.queued = None;
                     Poll::Ready(outcome)
@@ -540,7 +766,8 @@ impl Future for ChargeWait<'_> {
 impl Drop for ChargeWait<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.queued.take() {
-            self.ledger.cancel(self.magazines, id);
+            self.ledger
+                .cancel(self.magazines, id, self.account.as_deref());
         }
     }
 }
