@@ -26,4 +26,6 @@ pub use inner::account::{MAX_TENANT_ID_LEN, OVERFLOW_TENANT_ID};
 pub use leak::OutstandingBuffer;
 pub use pool::{BufferPool, BufferPoolBuilder};
 pub use snapshot::BufferPoolSnapshot;
+#[cfg(feature = "http-body")]
+pub use status::WaitElapsed;
 pub use tenant::{Reservation, Tenant};

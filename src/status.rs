@@ -275,6 +275,87 @@ impl<E> CollectError<E> {
     }
 }
 
+/// The answer to a wait for room that ran past the server's deadline (feature
+/// `http-body`): `503 Service Unavailable` with `Retry-After: 1` and a plain-text reason
+/// that says how long the request waited.
+///
+/// The waiting forms (`acquire_wait`, `collect_body_wait`, ...) wait as long as they are
+/// polled; a server bounds them with its runtime's timer, and when the timer wins, the
+/// wait future is dropped (it charged nothing, counts in `waits_abandoned_total`, and
+/// hands its turn on). This is the response for that case, so a handler needs no error of
+/// its own. 503 rather than 429: the wait may have been for the pool's budget, which is
+/// no single tenant's doing; either way the client may retry after the hint.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use axon_buffer::{BufferPool, WaitElapsed};
+///
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+/// # rt.block_on(async {
+/// let pool = BufferPool::default();
+/// let tenant = pool.tenant("acme");
+/// tenant.set_hard_limit(Some(4096));
+/// let held = tenant.acquire(4096);
+/// let deadline = Duration::from_millis(20);
+/// let answer = match tokio::time::timeout(deadline, tenant.acquire_wait(4096)).await {
+///     Ok(Ok(buf)) => Ok(buf),
+///     Ok(Err(refused)) => Err(refused.status_code()),
+///     Err(_elapsed) => Err(WaitElapsed::new(deadline).status_code()),
+/// };
+/// assert_eq!(answer.unwrap_err(), http::StatusCode::SERVICE_UNAVAILABLE);
+/// assert_eq!(pool.snapshot().waits_abandoned_total, 1);
+/// # drop(held);
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitElapsed {
+    waited: Duration,
+}
+
+impl WaitElapsed {
+    /// A wait given up after `waited` (the deadline the handler set).
+    pub fn new(waited: Duration) -> WaitElapsed {
+        WaitElapsed { waited }
+    }
+
+    /// How long the request waited.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// `503 Service Unavailable`.
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    /// The `Retry-After` hint: one second, as for the limit refusals that waiting helps.
+    pub fn retry_after(&self) -> Duration {
+        RETRY_AFTER
+    }
+
+    /// A short text for the response body.
+    pub fn reason(&self) -> String {
+        format!(
+            "no memory for this request within {} ms: the server is busy; retry later",
+            self.waited.as_millis()
+        )
+    }
+}
+
+impl std::fmt::Display for WaitElapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "waited {} ms for memory, past the deadline",
+            self.waited.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for WaitElapsed {}
+
 #[cfg(feature = "axum")]
 mod axum_response {
     use axum_core::response::{IntoResponse, Response};
@@ -335,6 +416,23 @@ mod axum_response {
     impl<E> IntoResponse for CollectError<E> {
         fn into_response(self) -> Response {
             respond(self.status_code(), self.retry_after(), self.reason())
+        }
+    }
+
+    /// Feature `axum`: `503 Service Unavailable`, `Retry-After: 1`, and the reason.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axon_buffer::WaitElapsed;
+    /// use axum_core::response::IntoResponse;
+    ///
+    /// let response = WaitElapsed::new(Duration::from_secs(5)).into_response();
+    /// assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    /// assert_eq!(response.headers()["retry-after"], "1");
+    /// ```
+    impl IntoResponse for WaitElapsed {
+        fn into_response(self) -> Response {
+            respond(self.status_code(), Some(self.retry_after()), self.reason())
         }
     }
 }

@@ -292,3 +292,46 @@ fn two_chunked_bodies_of_one_tenant_never_wait_for_each_other() {
     );
     assert_nothing_live(&pool.snapshot());
 }
+
+/// Waits are observable while they last and after they are given up: the time of waits
+/// in progress counts, and a wait dropped by a timeout counts as abandoned, per tenant too.
+#[test]
+fn waits_in_progress_and_abandoned_waits_are_counted() {
+    let pool = BufferPool::builder().build();
+    let t = pool.tenant("t");
+    t.set_hard_limit(Some(4 * KIB as u64));
+    let held = t.acquire(4 * KIB);
+    current_thread().block_on(async {
+        let waits: Vec<_> = (0..4)
+            .map(|_| {
+                let t = t.clone();
+                tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_millis(60), t.acquire_wait(KIB)).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let snap = pool.snapshot();
+        assert_eq!(snap.waiters, 4);
+        assert!(
+            snap.tenant_wait_time_total["t"] >= Duration::from_millis(4 * 15),
+            "four waits of 20 ms so far: {:?}",
+            snap.tenant_wait_time_total["t"]
+        );
+        assert_eq!(snap.wait_time_total, snap.tenant_wait_time_total["t"]);
+        assert_eq!(snap.waits_abandoned_total, 0);
+        for wait in waits {
+            let elapsed = wait.await.unwrap();
+            assert!(elapsed.is_err(), "nothing freed room in time");
+            let answer = axon_buffer::WaitElapsed::new(Duration::from_millis(60));
+            assert_eq!(answer.status_code(), http::StatusCode::SERVICE_UNAVAILABLE);
+        }
+    });
+    let snap = pool.snapshot();
+    assert_eq!(snap.waiters, 0);
+    assert_eq!(snap.waits_abandoned_total, 4);
+    assert_eq!(snap.tenant_waits_abandoned_total["t"], 4);
+    assert!(snap.tenant_wait_time_total["t"] >= Duration::from_millis(4 * 55));
+    drop(held);
+    assert_nothing_live(&pool.snapshot());
+}
