@@ -246,7 +246,11 @@ fn a_guarantee_is_never_taken_by_another_tenant_from_any_thread() {
                 let mut held = Vec::new();
                 let mut n = 0u64;
                 while !stop.load(Relaxed) {
-                    let size = if n.is_multiple_of(3) { 64 * KIB } else { 4 * KIB };
+                    let size = if n.is_multiple_of(3) {
+                        64 * KIB
+                    } else {
+                        4 * KIB
+                    };
                     let got = match &tenant {
                         Some(t) => t.try_acquire(size),
                         None => pool.try_acquire(size),
