@@ -14,7 +14,8 @@
 //! a storage step on `spawn_blocking` that writes it out and checksums what it wrote. The
 //! response carries the checksum in `x-checksum`. A tenant at its hard limit does not get
 //! a 429 at once: its upload waits for room, its socket unread, so TCP pushes back on its
-//! client; only a wait longer than `WAIT_AT_MOST` is answered 429 with `Retry-After`.
+//! client; a wait longer than `WAIT_AT_MOST` is given up and answered with the crate's
+//! [`WaitElapsed`](axon_buffer::WaitElapsed): 503 with `Retry-After`.
 //! `GET /metrics`
 //! serves the pool's OpenMetrics text.
 //!
@@ -34,6 +35,18 @@
 //!
 //! `--serve` runs the server alone (for `scripts/load.sh` and wrk) until Ctrl-C or SIGTERM,
 //! then prints the same server-side summary and checks.
+//!
+//! The noisy-neighbour scenario (`scripts/noisy.sh`): `--max-live-bytes` gives the pool a
+//! budget, `--tenant-hard-limit` every tenant a hard limit, `--quiet N` and `--flood N`
+//! name two groups of tenants for an outside load (`quiet-0..`, `flood-0..`, in the path
+//! as any other tenant; the built-in clients drive `tenant-*` only), `--guarantee-bytes`
+//! sets room aside for each quiet tenant, and `--handler plain` answers with the body's
+//! length alone, the README's handler, instead of the fan-out to consumers.
+//!
+//! ```text
+//! cargo run --release --example ingest -- --serve --handler plain --max-live-bytes 96MiB \
+//!     --tenant-hard-limit 64MiB --quiet 1 --flood 8 --guarantee-bytes 4MiB
+//! ```
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -44,7 +57,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axon_buffer::{prometheus, BufferPool, BufferPoolSnapshot, CollectError, PoolClass};
+use axon_buffer::{prometheus, BufferPool, BufferPoolSnapshot, PoolClass, WaitElapsed};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -70,7 +83,7 @@ const MIB: usize = 1024 * 1024;
 
 /// The largest body the server takes; the mix tops out at 12 MiB.
 const MAX_BODY: usize = 16 * MIB;
-/// The longest an upload waits for its tenant's room before it is answered 429.
+/// The longest an upload waits for room before it is answered 503 (`WaitElapsed`).
 const WAIT_AT_MOST: Duration = Duration::from_secs(10);
 /// Soft limits: tenant-0 is on a small plan, so its audio and video go over.
 const DEFAULT_SOFT_LIMIT: u64 = 64 * MIB as u64;
@@ -120,6 +133,54 @@ struct Args {
     /// the crate's default is 20).
     #[arg(long, default_value_t = 10)]
     idle_timeout_secs: u64,
+    /// The pool's budget, `max_live_bytes`, for every buffer of every tenant (bytes, or
+    /// with a suffix: 96MiB, 512KiB, 1GiB). None by default. The bytesmut server does not
+    /// use the pool for bodies: no budget applies there.
+    #[arg(long, value_parser = parse_size)]
+    max_live_bytes: Option<u64>,
+    /// Every tenant's hard limit (`default_tenant_hard_limit`; bytes or with a suffix).
+    /// The last `tenant-*` keeps `--hard-limit-mib`.
+    #[arg(long, value_parser = parse_size)]
+    tenant_hard_limit: Option<u64>,
+    /// Quiet tenants for an outside load: quiet-0 .. quiet-{N-1}.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    quiet: u16,
+    /// Flooding tenants for an outside load: flood-0 .. flood-{N-1}.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    flood: u16,
+    /// Room under `--max-live-bytes` set aside for each quiet tenant
+    /// (`Tenant::set_guarantee`; bytes or with a suffix).
+    #[arg(long, value_parser = parse_size)]
+    guarantee_bytes: Option<u64>,
+    /// What a handler does with a body: hand it to two consumers and answer with their
+    /// checksum, or (plain) answer with its length at once, as the README's handler does.
+    #[arg(long, value_enum, default_value_t = Handler::FanOut)]
+    handler: Handler,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+enum Handler {
+    /// Freeze the body and fan it out to a checksum task and a blocking storage step.
+    FanOut,
+    /// Freeze the body and answer with its length.
+    Plain,
+}
+
+/// A size: whole bytes, or a whole number with the suffix K/KiB, M/MiB or G/GiB.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: u64 = match &text[digits.len()..] {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: use B, KiB, MiB or GiB")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of bytes (or KiB, MiB, GiB)"))?;
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{text} is too large"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -146,6 +207,16 @@ async fn main() -> ExitCode {
         eprintln!("--addr {}: this example serves on loopback only", args.addr);
         return ExitCode::from(2);
     }
+    if args.handler == Handler::Plain && !args.serve {
+        eprintln!(
+            "--handler plain answers no checksum for the built-in clients: use it with --serve"
+        );
+        return ExitCode::from(2);
+    }
+    if args.guarantee_bytes.is_some() && args.quiet == 0 {
+        eprintln!("--guarantee-bytes is for the quiet tenants: give --quiet N too");
+        return ExitCode::from(2);
+    }
     match run(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -161,27 +232,45 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<bool, Error> {
     // Idle slabs leave by themselves once the load is over: the decay thread frees what
     // stayed idle `--idle-timeout-secs`, and gives its pages back.
-    let pool = BufferPool::builder()
+    let mut builder = BufferPool::builder()
         .default_tenant_soft_limit(DEFAULT_SOFT_LIMIT)
+        .default_tenant_hard_limit(args.tenant_hard_limit)
         .idle_timeout(Some(Duration::from_secs(args.idle_timeout_secs)))
-        .idle_decay_thread(true)
-        .build();
+        .idle_decay_thread(true);
+    if let Some(budget) = args.max_live_bytes {
+        builder = builder.max_live_bytes(budget);
+    }
+    let pool = builder.build();
+    // The built-in clients drive `tenant-*`; the quiet and flooding groups are for an
+    // outside load. The server keeps figures and checks for all of them.
     let ids: Vec<String> = (0..args.tenants).map(|i| format!("tenant-{i}")).collect();
+    let quiet: Vec<String> = (0..args.quiet).map(|i| format!("quiet-{i}")).collect();
+    let flood: Vec<String> = (0..args.flood).map(|i| format!("flood-{i}")).collect();
+    let known: Vec<String> = ids.iter().chain(&quiet).chain(&flood).cloned().collect();
     pool.set_tenant_soft_limit(&ids[0], SMALL_PLAN_SOFT_LIMIT);
     pool.tenant(ids.last().expect("at least two tenants"))
         .set_hard_limit(Some(args.hard_limit_mib * MIB as u64));
+    for id in &known {
+        pool.tenant(id); // registered now: the summary lists every one
+    }
+    if let Some(bytes) = args.guarantee_bytes {
+        for id in &quiet {
+            pool.tenant(id).set_guarantee(Some(bytes))?;
+        }
+    }
 
     let (to_checksum, checksum_rx) = mpsc::channel(QUEUED_BODIES);
     let checksum_task = tokio::spawn(checksum_consumer(checksum_rx));
     let server = Arc::new(Server {
         pool: pool.clone(),
-        stats: ids
+        stats: known
             .iter()
             .map(|id| (id.clone(), TenantStats::default()))
             .collect(),
         other: TenantStats::default(),
         to_checksum,
         mismatches: AtomicU64::new(0),
+        fan_out: args.handler == Handler::FanOut,
     });
     let ingest = match args.alloc {
         Alloc::Pool => post(ingest_pooled),
@@ -197,7 +286,24 @@ async fn run(args: Args) -> Result<bool, Error> {
     println!(
         "ingest: alloc={}, {} tenants, serving http://{addr}/ingest/{{tenant}}",
         args.alloc.name(),
-        args.tenants
+        known.len()
+    );
+    println!(
+        "budget: max_live_bytes {}, every tenant's hard limit {}, quiet tenants' guarantee {}, \
+         handler {}{}",
+        args.max_live_bytes.map_or("none".into(), human),
+        args.tenant_hard_limit.map_or("none".into(), human),
+        args.guarantee_bytes.map_or("none".into(), human),
+        if args.handler == Handler::FanOut {
+            "fan-out"
+        } else {
+            "plain"
+        },
+        if args.alloc == Alloc::Bytesmut {
+            " (bodies in BytesMut: no budget or limit applies to them)"
+        } else {
+            ""
+        }
     );
     println!("metrics: serving http://{addr}/metrics");
     let (stop, stopped) = oneshot::channel::<()>();
@@ -238,17 +344,20 @@ async fn run(args: Args) -> Result<bool, Error> {
     ok &= mismatches == 0;
     print_summary(
         &args,
-        &ids,
+        &pool,
+        &known,
         &server.stats,
         &snapshot,
         elapsed,
         load.as_ref(),
     );
-    println!(
-        "checksums   {} bodies checked by both consumers, {mismatches} disagreed",
-        totals.requests
-    );
-    ok &= check_at_rest(&pool, &ids, &snapshot);
+    if server.fan_out {
+        println!(
+            "checksums   {} bodies checked by both consumers, {mismatches} disagreed",
+            totals.requests
+        );
+    }
+    ok &= check_at_rest(&pool, &known, &snapshot, args.max_live_bytes);
     println!(
         "load-summary alloc={} requests={} bytes={} refused={} errors={} seconds={:.3}",
         args.alloc.name(),
@@ -266,7 +375,14 @@ async fn run(args: Args) -> Result<bool, Error> {
         );
     }
     if ok {
-        println!("ok: every tenant's live bytes are back to 0, every checksum matched");
+        println!(
+            "ok: every tenant's live bytes are back to 0{}",
+            if server.fan_out {
+                ", every checksum matched"
+            } else {
+                ""
+            }
+        );
     } else {
         println!("FAILED: see above");
     }
@@ -325,13 +441,15 @@ struct Server {
     to_checksum: mpsc::Sender<(Bytes, oneshot::Sender<u64>)>,
     /// The two consumers disagreed on a body.
     mismatches: AtomicU64,
+    /// `--handler fan-out`: bodies go to the consumers; otherwise answered with their length.
+    fan_out: bool,
 }
 
 #[derive(Default)]
 struct TenantStats {
     requests: AtomicU64,
     bytes: AtomicU64,
-    /// Answered 429 or 503 with a retry hint.
+    /// Answered 429 or 503 with a retry hint (a refusal, or a wait past `WAIT_AT_MOST`).
     refused: AtomicU64,
     /// Answered any other error (400, 413, 500).
     errors: AtomicU64,
@@ -350,45 +468,34 @@ async fn ingest_pooled(
     State(server): State<Arc<Server>>,
     Path(id): Path<String>,
     mut body: Body,
-) -> Result<Response, CollectError<axum::Error>> {
+) -> Response {
     let stats = server.stats(&id);
     let tenant = server.pool.tenant(&id);
-    // Over its hard limit the tenant waits for room, its body unread; bounded, so a tenant
-    // that never drains gets an answer.
-    let collected =
-        tokio::time::timeout(WAIT_AT_MOST, tenant.collect_body_wait(&mut body, MAX_BODY))
+    // Over a limit the upload waits for room, its body unread; bounded, so a tenant that
+    // never drains gets an answer: past the deadline the wait is dropped (it charged
+    // nothing and hands its turn on) and answered with the crate's WaitElapsed.
+    let refusal =
+        match tokio::time::timeout(WAIT_AT_MOST, tenant.collect_body_wait(&mut body, MAX_BODY))
             .await
-            .unwrap_or_else(|_| Err(CollectError::Pool(waited_too_long(&tenant))));
-    let buf = match collected {
-        Ok(buf) => buf,
-        Err(err) => {
-            if err.retry_after().is_some() {
-                stats.refused.fetch_add(1, Relaxed);
-                // hyper closes a connection whose request body was left unread, and a
-                // client still sending sees a reset instead of this 429: read the rest
-                // first, so the client can retry after the hint.
-                discard(&mut body).await;
-            } else {
-                stats.errors.fetch_add(1, Relaxed);
+        {
+            Ok(Ok(buf)) => {
+                stats.peak_live.fetch_max(tenant.live_bytes(), Relaxed);
+                drop(tenant);
+                return answer(&server, stats, buf.freeze()).await;
             }
-            return Err(err);
-        }
-    };
-    stats.peak_live.fetch_max(tenant.live_bytes(), Relaxed);
-    drop(tenant);
-    Ok(fan_out(&server, stats, buf.freeze()).await)
-}
-
-/// The refusal for an upload that waited `WAIT_AT_MOST` for its tenant's room: the hard
-/// limit's, which maps to 429 with a retry hint.
-fn waited_too_long(tenant: &axon_buffer::Tenant) -> axon_buffer::PoolError {
-    axon_buffer::PoolError::TenantHardLimit {
-        tenant: tenant.id().to_owned(),
-        requested: 0,
-        live: tenant.live_bytes(),
-        limit: tenant.hard_limit().unwrap_or(u64::MAX),
-        needed: 0,
-    }
+            Ok(Err(err)) if err.retry_after().is_none() => {
+                stats.errors.fetch_add(1, Relaxed);
+                return err.into_response();
+            }
+            Ok(Err(err)) => err.into_response(),
+            Err(_elapsed) => WaitElapsed::new(WAIT_AT_MOST).into_response(),
+        };
+    stats.refused.fetch_add(1, Relaxed);
+    // hyper closes a connection whose request body was left unread, and a client still
+    // sending sees a reset instead of this answer: read the rest first, so the client can
+    // retry after the hint.
+    discard(&mut body).await;
+    refusal
 }
 
 /// `POST /ingest/{tenant}` without the pool: the body into a fresh `BytesMut`.
@@ -399,7 +506,7 @@ async fn ingest_bytesmut(
 ) -> Result<Response, (StatusCode, &'static str)> {
     let stats = server.stats(&id);
     match collect_bytesmut(body, MAX_BODY).await {
-        Ok(data) => Ok(fan_out(&server, stats, data).await),
+        Ok(data) => Ok(answer(&server, stats, data).await),
         Err(refusal) => {
             stats.errors.fetch_add(1, Relaxed);
             Err(refusal)
@@ -441,6 +548,18 @@ async fn discard(body: &mut Body) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(10), rest).await;
+}
+
+/// The answer to a collected body: `fan_out`, or with `--handler plain` its length alone.
+async fn answer(server: &Server, stats: &TenantStats, data: Bytes) -> Response {
+    if server.fan_out {
+        return fan_out(server, stats, data).await;
+    }
+    let len = data.len() as u64;
+    drop(data); // the slab returns here, before the answer is written
+    stats.requests.fetch_add(1, Relaxed);
+    stats.bytes.fetch_add(len, Relaxed);
+    format!("{len} bytes\n").into_response()
 }
 
 /// Hands the body to the checksum task and to a blocking storage step, and answers with
@@ -759,6 +878,7 @@ async fn progress(server: Arc<Server>, report: Arc<LoadReport>, start: Instant) 
 
 fn print_summary(
     args: &Args,
+    pool: &BufferPool,
     ids: &[String],
     stats: &HashMap<String, TenantStats>,
     snapshot: &BufferPoolSnapshot,
@@ -769,7 +889,7 @@ fn print_summary(
     println!(
         "== summary: alloc={}, {} tenants, {} ==",
         args.alloc.name(),
-        args.tenants,
+        ids.len(),
         if args.serve {
             "served an outside load".to_owned()
         } else {
@@ -852,34 +972,35 @@ fn print_summary(
 
     println!();
     println!(
-        "tenant       requests         MB  peak live  final live  soft limit  exceeded  hard limit  waited  refused"
+        "tenant       requests         MB  peak live  final live  soft limit  exceeded  hard limit  guarantee  waited  abandoned  refused"
     );
     for id in ids {
         let s = &stats[id];
+        let tenant = pool.tenant(id);
         let limit = |bytes: Option<u64>| bytes.map_or("-".to_owned(), human);
-        let hard = (id == ids.last().unwrap()).then_some(args.hard_limit_mib * MIB as u64);
-        let soft = if id == &ids[0] {
-            SMALL_PLAN_SOFT_LIMIT
-        } else {
-            DEFAULT_SOFT_LIMIT
-        };
         println!(
-            "{id:<12} {:>8} {:>10.1} {:>10} {:>11} {:>11} {:>9} {:>11} {:>7.2}s {:>8}",
+            "{id:<12} {:>8} {:>10.1} {:>10} {:>11} {:>11} {:>9} {:>11} {:>10} {:>7.2}s {:>10} {:>8}",
             s.requests.load(Relaxed),
             s.bytes.load(Relaxed) as f64 / 1e6,
             human(s.peak_live.load(Relaxed)),
             human(snapshot.tenant_live_bytes.get(id).copied().unwrap_or(0)),
-            human(soft),
+            human(tenant.soft_limit()),
             snapshot
                 .tenant_soft_limit_exceeded_total
                 .get(id)
                 .copied()
                 .unwrap_or(0),
-            limit(hard),
+            limit(tenant.hard_limit()),
+            limit(tenant.guarantee()),
             snapshot
                 .tenant_wait_time_total
                 .get(id)
                 .map_or(0.0, Duration::as_secs_f64),
+            snapshot
+                .tenant_waits_abandoned_total
+                .get(id)
+                .copied()
+                .unwrap_or(0),
             s.refused.load(Relaxed),
         );
     }
@@ -898,8 +1019,15 @@ fn print_summary(
 }
 
 /// At rest: nothing live, and every tenant can be charged again (its whole hard limit, or
-/// 1 MiB). False, with the reason printed, when a check fails.
-fn check_at_rest(pool: &BufferPool, ids: &[String], snapshot: &BufferPoolSnapshot) -> bool {
+/// 1 MiB; at most what the budget leaves it beside the other tenants' guarantees). False,
+/// with the reason printed, when a check fails.
+fn check_at_rest(
+    pool: &BufferPool,
+    ids: &[String],
+    snapshot: &BufferPoolSnapshot,
+    budget: Option<u64>,
+) -> bool {
+    let guarantees: u64 = snapshot.tenant_guarantee_bytes.values().sum();
     let mut ok = true;
     if snapshot.live_bytes != 0 {
         println!(
@@ -917,7 +1045,11 @@ fn check_at_rest(pool: &BufferPool, ids: &[String], snapshot: &BufferPoolSnapsho
             );
             ok = false;
         }
-        let bytes = tenant.hard_limit().unwrap_or(MIB as u64);
+        let mut bytes = tenant.hard_limit().unwrap_or(MIB as u64);
+        if let Some(budget) = budget {
+            let others = guarantees - tenant.guarantee().unwrap_or(0);
+            bytes = bytes.min(budget.saturating_sub(others));
+        }
         if let Err(e) = tenant.try_reserve(bytes) {
             println!(
                 "REFUSED     {id} cannot reserve {} at rest: {e}",
@@ -929,7 +1061,8 @@ fn check_at_rest(pool: &BufferPool, ids: &[String], snapshot: &BufferPoolSnapsho
     if ok {
         println!(
             "at rest     live bytes 0 for the pool and each of the {} tenants, and each tenant \
-             could reserve its whole hard limit (1 MiB where it has none), released at once",
+             could reserve its whole hard limit (1 MiB where it has none; at most the budget \
+             less the others' guarantees), released at once",
             ids.len()
         );
     }
