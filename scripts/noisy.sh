@@ -13,6 +13,9 @@
 #   bytesmut        the same server reading bodies into BytesMut: no budget (the control)
 #   before          the pool, run by NOISY_BEFORE_BIN: an ingest binary built from an older
 #                   commit (set it to add this mode; it must take the same flags)
+#   pool-unbounded  the pool without max_live_bytes (hard limits only), a diagnostic: what
+#                   the pool costs the quiet tenant beside the flood when nobody waits for
+#                   the budget (only with NOISY_MODES)
 # Each run is a fresh server on an ephemeral 127.0.0.1 port, driven by wrk and
 # scripts/noisy.lua:
 #   1. alone: the quiet tenant, 1..4 KiB bodies over 4 connections (1 wrk thread), SECONDS;
@@ -58,13 +61,13 @@ before_bin=${NOISY_BEFORE_BIN:-}
 read -r -a modes <<<"${NOISY_MODES:-pool pool-guarantee bytesmut${before_bin:+ before}}"
 for mode in "${modes[@]}"; do
     case $mode in
-    pool | pool-guarantee | bytesmut) ;;
+    pool | pool-guarantee | pool-unbounded | bytesmut) ;;
     before) [[ -x $before_bin ]] || {
         echo "noisy: mode before needs NOISY_BEFORE_BIN, an executable ingest binary" >&2
         exit 2
     } ;;
     *)
-        echo "noisy: unknown mode $mode (pool, pool-guarantee, bytesmut, before)" >&2
+        echo "noisy: unknown mode $mode (pool, pool-guarantee, pool-unbounded, bytesmut, before)" >&2
         exit 2
         ;;
     esac
@@ -141,8 +144,10 @@ failures=()
 run_one() { # run_one MODE ROUND
     local mode=$1 round=$2 exe=$bin
     local flags=(--serve --handler plain --addr 127.0.0.1:0 --quiet 1 --flood 8
-        --max-live-bytes "$budget_flag" --tenant-hard-limit "$hard_limit_flag")
+        --tenant-hard-limit "$hard_limit_flag")
+    [[ $mode == pool-unbounded ]] || flags+=(--max-live-bytes "$budget_flag")
     case $mode in
+    pool-unbounded) flags+=(--alloc pool) ;;
     pool) flags+=(--alloc pool) ;;
     pool-guarantee) flags+=(--alloc pool --guarantee-bytes "$guarantee") ;;
     bytesmut) flags+=(--alloc bytesmut) ;;
@@ -206,7 +211,7 @@ run_one() { # run_one MODE ROUND
     n_scrapes=$(grep -c . "$scrapes" || true)
     max_live=$(sort -n "$scrapes" | tail -n1)
     ((n_scrapes > 0)) || failures+=("$mode round $round: no /metrics scrape succeeded")
-    if [[ $mode != bytesmut && -n $max_live ]] && ((max_live > budget_bytes)); then
+    if [[ $mode != bytesmut && $mode != pool-unbounded && -n $max_live ]] && ((max_live > budget_bytes)); then
         failures+=("$mode round $round: a scrape showed buffer_pool_live_bytes $max_live, above max_live_bytes $budget_bytes")
     fi
     local line
@@ -298,7 +303,7 @@ for mode in dict.fromkeys(r["mode"] for r in runs):
 
 print()
 base = median.get("bytesmut")
-for mode in ("pool", "pool-guarantee"):
+for mode in ("pool", "pool-guarantee", "pool-unbounded"):
     if mode in median and base:
         m = median[mode]
         print(f"- {mode}: quiet beside the flood {m['beside req/s'] / base['beside req/s']:.2f}x the "
@@ -309,7 +314,8 @@ if "before" in median:
         if mode in median:
             print(f"- {mode}: the flood's req/s {median[mode]['flood req/s'] / median['before']['flood req/s']:.2f}x "
                   "what it got before (target >= 0.9x)")
-highest = max((r["max live MiB"] for r in runs if r["mode"] != "bytesmut"), default=None)
+highest = max((r["max live MiB"] for r in runs if r["mode"] not in ("bytesmut", "pool-unbounded")),
+              default=None)
 if highest is not None:
     print(f"- highest buffer_pool_live_bytes at any scrape: {highest:.1f} MiB "
           f"(max_live_bytes {budget >> 20} MiB)")
