@@ -129,10 +129,10 @@ struct Args {
     /// After the run, keep serving (/metrics too) this many seconds; Ctrl-C ends it.
     #[arg(long, default_value_t = 0)]
     serve_seconds: u64,
-    /// The pool's idle timeout in seconds (its decay thread frees slabs idle that long;
-    /// the crate's default is 20).
-    #[arg(long, default_value_t = 10)]
-    idle_timeout_secs: u64,
+    /// The pool's idle timeout in seconds (the decay frees slabs idle that long); the
+    /// crate's default (20 s) when not given.
+    #[arg(long)]
+    idle_timeout_secs: Option<u64>,
     /// The pool's budget, `max_live_bytes`, for every buffer of every tenant (bytes, or
     /// with a suffix: 96MiB, 512KiB, 1GiB). None by default. The bytesmut server does not
     /// use the pool for bodies: no budget applies there.
@@ -230,13 +230,15 @@ async fn main() -> ExitCode {
 /// Runs the server (and the clients, unless `--serve`), prints the summary; `Ok(false)`
 /// when a check failed.
 async fn run(args: Args) -> Result<bool, Error> {
-    // Idle slabs leave by themselves once the load is over: the decay thread frees what
-    // stayed idle `--idle-timeout-secs`, and gives its pages back.
+    // Idle slabs leave by themselves once the load is over, with the crate's defaults: the
+    // decay thread (on by default) frees what stayed idle the timeout, and gives its pages
+    // back.
     let mut builder = BufferPool::builder()
         .default_tenant_soft_limit(DEFAULT_SOFT_LIMIT)
-        .default_tenant_hard_limit(args.tenant_hard_limit)
-        .idle_timeout(Some(Duration::from_secs(args.idle_timeout_secs)))
-        .idle_decay_thread(true);
+        .default_tenant_hard_limit(args.tenant_hard_limit);
+    if let Some(secs) = args.idle_timeout_secs {
+        builder = builder.idle_timeout(Some(Duration::from_secs(secs)));
+    }
     if let Some(budget) = args.max_live_bytes {
         builder = builder.max_live_bytes(budget);
     }
@@ -1014,7 +1016,7 @@ fn print_summary(
          frees a slab once it has been idle {} s (--idle-timeout-secs), within twice that",
         human(snapshot.idle_bytes),
         snapshot.idle_slabs.values().sum::<u64>(),
-        args.idle_timeout_secs,
+        args.idle_timeout_secs.unwrap_or(20),
     );
 }
 
