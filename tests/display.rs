@@ -278,3 +278,21 @@ fn too_large_and_deadlock_answers_carry_their_figures() {
          requests waiting like it; retry later\n"
     );
 }
+
+#[test]
+fn a_refused_guarantee_names_what_was_asked_the_others_and_the_budget() {
+    let pool = axon_buffer::BufferPool::builder()
+        .max_live_bytes(8 << 20)
+        .build();
+    pool.tenant("big").set_guarantee(Some(6 << 20)).unwrap();
+    let err = pool
+        .tenant("acme")
+        .set_guarantee(Some(3 << 20))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tenant \"acme\" guarantee of 3 MiB: with the other tenants' 6 MiB it would set aside \
+         more than the pool's max_live_bytes of 8 MiB"
+    );
+    assert!(!err.waiting_helps());
+}
