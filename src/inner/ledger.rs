@@ -549,28 +549,6 @@ impl Ledger {
         account.set_limits(soft, hard);
         self.pass(&mut queue, magazines, Focus::for_line(Some(account)));
     }
-
-    /// Sets a tenant's guarantee under the ledger's lock, or refuses it changing nothing
-    /// (`share.rs`). The stocks that could hold the room it sets aside are taken back, and
-    /// every waiter is looked at again.
-    pub(crate) fn set_guarantee(
-        &self,
-        magazines: &Magazines,
-        account: &Arc<TenantAccount>,
-        bytes: Option<u64>,
-    ) -> Result<(), PoolError> {
-        let mut queue = self.lock.lock();
-        self.set_guarantee_locked(&mut queue.share, account, bytes)?;
-        if account.protected.load(Relaxed) {
-            // No stock may hold its room: its own, and every pool stock (spendable by any
-            // tenant of its thread).
-            self.take_back(magazines, false, Some(account));
-            self.take_back_pool_stocks(magazines);
-        }
-        self.pass(&mut queue, magazines, Focus::All);
-        Ok(())
-    }
-
     /// Live bytes of the pool: usage minus the stocks of `magazines` (exact when they are
     /// frozen, or when nothing moves).
     pub(crate) fn pool_live<'a>(&self, magazines: impl Iterator<Item = &'a Magazine>) -> u64 {

@@ -64,7 +64,8 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use super::Ledger;
+use super::wait::Focus;
+use super::{Ledger, Magazines};
 use crate::inner::account::TenantAccount;
 use crate::PoolError;
 
@@ -195,6 +196,27 @@ impl Ledger {
         }
     }
 
+    /// Sets a tenant's guarantee under the ledger's lock, or refuses it changing nothing
+    /// (`share.rs`). The stocks that could hold the room it sets aside are taken back, and
+    /// every waiter is looked at again.
+    pub(crate) fn set_guarantee(
+        &self,
+        magazines: &Magazines,
+        account: &Arc<TenantAccount>,
+        bytes: Option<u64>,
+    ) -> Result<(), PoolError> {
+        let mut queue = self.lock.lock();
+        self.set_guarantee_locked(&mut queue.share, account, bytes)?;
+        if account.protected.load(Relaxed) {
+            // No stock may hold its room: its own, and every pool stock (spendable by any
+            // tenant of its thread).
+            self.take_back(magazines, false, Some(account));
+            self.take_back_pool_stocks(magazines);
+        }
+        self.pass(&mut queue, magazines, Focus::All);
+        Ok(())
+    }
+
     /// Sets `account`'s guarantee under the lock, or refuses (changing nothing) when the
     /// guarantees together would pass `max_live_bytes`. The caller then runs a pass over
     /// every line: the room that others may use changed.
@@ -225,3 +247,7 @@ impl Ledger {
         Ok(())
     }
 }
+
+#[cfg(all(test, axon_loom))]
+#[path = "share_loom.rs"]
+mod loom_tests;
