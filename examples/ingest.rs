@@ -1013,7 +1013,7 @@ fn print_summary(
     );
     println!(
         "idle        {} in {} slabs in the snapshot after the last request; the decay thread \
-         frees a slab once it has been idle {} s (--idle-timeout-secs), within twice that",
+         frees a slab idle {} s (--idle-timeout-secs; the default 20 s otherwise) within 1.5x that",
         human(snapshot.idle_bytes),
         snapshot.idle_slabs.values().sum::<u64>(),
         args.idle_timeout_secs.unwrap_or(20),
