@@ -30,7 +30,7 @@
 //! *ceiling* (the smaller of its soft and hard limit): live bytes are at most usage, so
 //! such a charge passes neither limit and leaves nothing to count. Above the ceiling the
 //! tenant has no stock (the charge that crossed took it back), so its usage is its live
-//! bytes and every charge counts soft-limit excesses exactly, as the seed did.
+//! bytes and every charge counts soft-limit excesses exactly.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
