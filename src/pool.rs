@@ -485,6 +485,10 @@ impl BufferPoolBuilder {
     /// quiet then keeps its idle slabs until [`BufferPool::trim_idle`] (from a timer of
     /// the application's runtime, say) or [`BufferPool::trim`].
     ///
+    /// Under Miri the default is `false`: Miri reports a thread still running at exit
+    /// (the global pool's would be), and its slow clock would let the thread decay slabs
+    /// in the middle of a test's figures. Ask for it there with `true`.
+    ///
     /// # Examples
     ///
     /// ```
