@@ -59,6 +59,11 @@ CONTRACT = {
         "counter", "seconds", "tenant_id", "tenant_wait_seconds_total", None),
     "buffer_pool_tenant_hard_limit_bytes": (
         "gauge", "bytes", "tenant_id", "tenant_hard_limit_bytes", None),
+    "buffer_pool_waits_abandoned": ("counter", "", None, "waits_abandoned_total", None),
+    "buffer_pool_tenant_waits_abandoned": (
+        "counter", "", "tenant_id", "tenant_waits_abandoned_total", None),
+    "buffer_pool_tenant_guarantee_bytes": (
+        "gauge", "bytes", "tenant_id", "tenant_guarantee_bytes", None),
 }
 
 

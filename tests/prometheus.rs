@@ -76,6 +76,10 @@ fn hostile_workload() -> Workload {
         if i % 4 == 1 {
             reservations.push(tenant.reserve(1000 + i as u64));
         }
+        if i % 5 == 2 {
+            // Recorded (no max_live_bytes to protect), exported under the hostile id.
+            tenant.set_guarantee(Some(4096 + i as u64)).unwrap();
+        }
         tenants.push(tenant);
     }
     // Past MAX_TENANT_ID_LEN, and the reserved id itself: both charge the overflow tenant,
@@ -784,6 +788,12 @@ fn snapshot_json(s: &BufferPoolSnapshot) -> String {
             "tenant_hard_limit_bytes",
             tenants(&s.tenant_hard_limit_bytes),
         ),
+        ("waits_abandoned_total", s.waits_abandoned_total.to_string()),
+        (
+            "tenant_waits_abandoned_total",
+            tenants(&s.tenant_waits_abandoned_total),
+        ),
+        ("tenant_guarantee_bytes", tenants(&s.tenant_guarantee_bytes)),
     ];
     let mut out = String::from("{\n");
     for (i, (key, value)) in fields.iter().enumerate() {
