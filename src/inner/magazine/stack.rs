@@ -101,10 +101,8 @@ impl Stack {
                         // SAFETY: as in `pop_exclusive`: `slots[..len]` own empty slabs of
                         // exactly `capacity`; each is taken over once here and never kept
                         // below `kept`, and `len` shrinks to `kept` before anyone else looks.
-                        out.push((
-                            unsafe { Vec::from_raw_parts(slots[i], 0, capacity) },
-                            since[i],
-                        ));
+                        let slab = unsafe { Vec::from_raw_parts(slots[i], 0, capacity) };
+                        out.push((slab, since[i]));
                     } else {
                         slots[kept] = slots[i];
                         since[kept] = since[i];
