@@ -547,7 +547,11 @@ impl Ledger {
     ) {
         let mut queue = self.lock.lock();
         account.set_limits(soft, hard);
-        self.pass(&mut queue, magazines, Focus::for_line(Some(account)));
+        self.pass(
+            &mut queue,
+            magazines,
+            Focus::Limits(account as *const TenantAccount as usize),
+        );
     }
     /// Live bytes of the pool: usage minus the stocks of `magazines` (exact when they are
     /// frozen, or when nothing moves).

@@ -131,6 +131,9 @@ pub(crate) enum Focus {
     /// address, not a reference: after its last debit the account may be gone (then it
     /// has no line, since a line holds its account).
     Tenant(usize),
+    /// The line of the tenant at this address, after a change of its limits: its
+    /// waiters that can no longer ever fit fail.
+    Limits(usize),
     /// Every line: the room guarantees set aside changed.
     All,
 }

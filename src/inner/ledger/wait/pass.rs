@@ -24,11 +24,12 @@ impl Ledger {
     ) {
         match focus {
             Focus::Order => {}
-            Focus::Tenant(key) => self.refresh(queue, key),
+            Focus::Tenant(key) => self.refresh(queue, key, false),
+            Focus::Limits(key) => self.refresh(queue, key, true),
             Focus::All => {
                 let keys: Vec<usize> = queue.lines.keys().copied().collect();
                 for key in keys {
-                    self.refresh(queue, key);
+                    self.refresh(queue, key, true);
                 }
             }
         }
@@ -49,9 +50,10 @@ impl Ledger {
         }
     }
 
-    /// A line whose tenant's usage or limits changed: fails the waiters that can never
-    /// fit, and puts it back in the serving order with its rank read anew.
-    pub(super) fn refresh(&self, queue: &mut Queue, key: usize) {
+    /// A line whose tenant's usage or limits changed: puts it back in the serving order
+    /// with its rank read anew, and after a limit change first fails the waiters that can
+    /// never fit (a debit makes nothing impossible: it skips that look at every waiter).
+    pub(super) fn refresh(&self, queue: &mut Queue, key: usize, limits_changed: bool) {
         let Queue {
             lines,
             decided,
@@ -63,7 +65,7 @@ impl Ledger {
             return;
         };
         let mut at = 0;
-        while at < line.waiters.len() {
+        while limits_changed && at < line.waiters.len() {
             match self.never_fits(share, line.account.as_deref(), &line.waiters[at]) {
                 Some(err) => {
                     let w = line.waiters.remove(at).expect("in the line");
