@@ -22,6 +22,12 @@
 //! change, so the loop takes it from a `Room`: the handles refuse at once; `Waiting` waits
 //! for the first buffer and for each growth step instead. An Oversize buffer never grows
 //! past `max` for the doubling alone.
+//!
+//! `collect_body_chain` (and `_wait`) run the same loop into a [`PooledChain`], charged
+//! what it holds instead of the class above it: the size hint's lower bound is reserved at
+//! once (an exact `Content-Length` takes its final segments, biggest first, before the
+//! first frame), and each frame past it takes the segments it needs (Medium slabs for
+//! hyper's frames); nothing written is ever copied again.
 
 use std::future::{self, Future};
 use std::pin::pin;
@@ -29,7 +35,7 @@ use std::pin::pin;
 use bytes::Buf;
 use http_body::Body;
 
-use crate::{BufferPool, PoolError, PooledBuf, Tenant};
+use crate::{BufferPool, PoolError, PooledBuf, PooledChain, Tenant};
 
 /// Why [`Tenant::collect_body`] or [`BufferPool::collect_body`] gave no buffer. `E` is the
 /// body's own error type (`hyper::Error`, `axum::Error`, ...).
@@ -217,6 +223,105 @@ impl Tenant {
     {
         collect(&Waiting(self), body, max).await
     }
+
+    /// Reads a whole HTTP body into a [`PooledChain`] charged to this tenant, refusing
+    /// bodies of more than `max` bytes: [`collect_body`](Self::collect_body) into pooled
+    /// segments, charged what they hold (within 64 KiB of the body) instead of the class
+    /// above it.
+    ///
+    /// A body with a size hint takes the segments for its lower bound before reading (an
+    /// exact `Content-Length` of 3 MiB: three Large slabs); a chunked body takes them as
+    /// frames arrive (Medium slabs, a Small one for a body of at most 4 KiB). Each byte is
+    /// copied once, from the body's chunks into the segments. So a 5 MiB body fits an
+    /// 8 MiB hard limit, and a 64 MiB limit holds 21 bodies of 3 MiB at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::BufferPool;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    ///
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// let pool = BufferPool::default();
+    /// let tenant = pool.tenant("acme");
+    /// tenant.set_hard_limit(Some(8 << 20));
+    /// let body = Full::new(Bytes::from(vec![1u8; 5 << 20])); // 5 MiB, an exact size hint
+    /// let chain = tenant.collect_body_chain(body, 16 << 20).await?;
+    /// assert_eq!((chain.len(), chain.capacity()), (5 << 20, 5 << 20));
+    /// let frozen = chain.freeze(); // a Bytes a segment, no copy
+    /// assert_eq!(frozen.segments(), 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`collect_body`](Self::collect_body): [`CollectError::Body`],
+    /// [`CollectError::TooLarge`], [`CollectError::Pool`] (whose
+    /// [`waiting_helps`](PoolError::waiting_helps) says whether the whole chain can ever
+    /// fit). Nothing is charged or kept on error.
+    pub async fn collect_body_chain<B>(
+        &self,
+        body: B,
+        max: usize,
+    ) -> Result<PooledChain, CollectError<B::Error>>
+    where
+        B: Body,
+        B::Data: Buf,
+    {
+        collect_chain(self.chain(), Now, body, max).await
+    }
+
+    /// [`collect_body_chain`](Self::collect_body_chain), waiting for room instead of
+    /// refusing: each segment waits its turn as [`Tenant::acquire_wait`] does, while the
+    /// tenant's hard limit or the pool's `max_live_bytes` refuses and waiting can help.
+    ///
+    /// A chain waits while it holds segments; when only waiters hold the room they wait
+    /// for (two bodies each holding half the tenant's limit), the youngest fails with
+    /// [`PoolError::WaitDeadlock`] so the other goes on: waits never hang. Bound the wait
+    /// with the server's timeout: dropped at any point, the future has charged nothing and
+    /// kept nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::BufferPool;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    ///
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// let pool = BufferPool::default();
+    /// let tenant = pool.tenant("acme");
+    /// tenant.set_hard_limit(Some(1 << 20));
+    /// let earlier = tenant.acquire(1 << 20); // the tenant's whole limit, held
+    ///
+    /// let body = Full::new(Bytes::from(vec![7u8; 100_000]));
+    /// let upload = tenant.collect_body_chain_wait(body, 16 << 20);
+    /// let (chain, ()) = tokio::join!(upload, async { drop(earlier) });
+    /// assert_eq!(chain?.len(), 100_000); // waited for `earlier`, then read the body
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`collect_body_chain`](Self::collect_body_chain), except that a
+    /// [`CollectError::Pool`] refusal is one waiting cannot fix
+    /// ([`PoolError::waiting_helps`] is false).
+    pub async fn collect_body_chain_wait<B>(
+        &self,
+        body: B,
+        max: usize,
+    ) -> Result<PooledChain, CollectError<B::Error>>
+    where
+        B: Body,
+        B::Data: Buf,
+    {
+        collect_chain(self.chain(), Wait, body, max).await
+    }
 }
 
 impl BufferPool {
@@ -274,6 +379,63 @@ impl BufferPool {
         B::Data: Buf,
     {
         collect(&Waiting(self), body, max).await
+    }
+
+    /// Reads a whole HTTP body into a [`PooledChain`] charged to no tenant;
+    /// [`Tenant::collect_body_chain`] describes how.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axon_buffer::BufferPool;
+    /// use bytes::Bytes;
+    /// use futures_util::stream;
+    /// use http_body::Frame;
+    /// use http_body_util::StreamBody;
+    ///
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// let pool = BufferPool::default();
+    /// // A chunked body: no size hint, three frames.
+    /// let frames = ["he", "llo", "!"].map(|s| Ok::<_, std::io::Error>(Frame::data(Bytes::from(s))));
+    /// let chain = pool.collect_body_chain(StreamBody::new(stream::iter(frames)), 1024).await?;
+    /// assert_eq!(chain.capacity(), 4096); // one Small slab
+    /// assert_eq!(chain.freeze().to_bytes(), &b"hello!"[..]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Tenant::collect_body_chain`], without a tenant's hard limit.
+    pub async fn collect_body_chain<B>(
+        &self,
+        body: B,
+        max: usize,
+    ) -> Result<PooledChain, CollectError<B::Error>>
+    where
+        B: Body,
+        B::Data: Buf,
+    {
+        collect_chain(self.chain(), Now, body, max).await
+    }
+
+    /// [`collect_body_chain`](Self::collect_body_chain), waiting for room while
+    /// `max_live_bytes` refuses; [`Tenant::collect_body_chain_wait`] describes how.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tenant::collect_body_chain_wait`].
+    pub async fn collect_body_chain_wait<B>(
+        &self,
+        body: B,
+        max: usize,
+    ) -> Result<PooledChain, CollectError<B::Error>>
+    where
+        B: Body,
+        B::Data: Buf,
+    {
+        collect_chain(self.chain(), Wait, body, max).await
     }
 }
 
@@ -412,4 +574,90 @@ where
         Some(buf) => Ok(buf),
         None => Ok(room.first(0).await?), // an empty body
     }
+}
+
+/// How a chain collector makes room: at once (`Now`) or waiting (`Wait`).
+trait ChainRoom {
+    fn make_room(
+        &self,
+        chain: &mut PooledChain,
+        additional: usize,
+    ) -> impl Future<Output = Result<(), PoolError>>;
+}
+
+/// `collect_body_chain`: room at once or a refusal.
+struct Now;
+
+/// `collect_body_chain_wait`: each segment waits its turn.
+struct Wait;
+
+impl ChainRoom for Now {
+    fn make_room(
+        &self,
+        chain: &mut PooledChain,
+        additional: usize,
+    ) -> impl Future<Output = Result<(), PoolError>> {
+        future::ready(chain.try_reserve(additional))
+    }
+}
+
+impl ChainRoom for Wait {
+    fn make_room(
+        &self,
+        chain: &mut PooledChain,
+        additional: usize,
+    ) -> impl Future<Output = Result<(), PoolError>> {
+        chain.reserve_wait(additional)
+    }
+}
+
+/// The loop of `collect_body_chain`: the loop of `collect_body` into a chain, whose room
+/// for the size hint's lower bound is made before the first frame.
+async fn collect_chain<R, B>(
+    mut chain: PooledChain,
+    room: R,
+    body: B,
+    max: usize,
+) -> Result<PooledChain, CollectError<B::Error>>
+where
+    R: ChainRoom,
+    B: Body,
+{
+    let lower = body.size_hint().lower();
+    if lower > max as u64 {
+        return Err(CollectError::TooLarge {
+            max,
+            at_least: lower,
+        });
+    }
+    if lower > 0 {
+        room.make_room(&mut chain, lower as usize).await?;
+    }
+    let mut body = pin!(body);
+    let mut received = 0usize;
+    while let Some(frame) = future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let Ok(mut data) = frame.map_err(CollectError::Body)?.into_data() else {
+            continue; // trailers: not part of the payload
+        };
+        let len = data.remaining();
+        if len == 0 {
+            continue;
+        }
+        received = received.saturating_add(len);
+        if received > max {
+            return Err(CollectError::TooLarge {
+                max,
+                at_least: received as u64,
+            });
+        }
+        room.make_room(&mut chain, len).await?;
+        // Room for all of `len` is made: these appends take no segment.
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let taken = chunk.len();
+            chain.write_reserved(chunk);
+            data.advance(taken);
+        }
+    }
+    Ok(chain)
 }

@@ -102,9 +102,10 @@ impl PooledBuf {
         Ok((class, capacity))
     }
 
-    /// The buffer around a slab just taken for a charge just made.
+    /// The buffer around a slab just taken for a charge just made (also a chain's next
+    /// segment, charged and taken by `chain.rs`).
     #[inline(always)]
-    fn assemble(
+    pub(crate) fn assemble(
         pool: PoolRef,
         tenant: Option<AccountPtr>,
         class: PoolClass,
@@ -127,6 +128,13 @@ impl PooledBuf {
             pool,
             tracked,
         }
+    }
+
+    /// The pool and the tenant this buffer is charged to: a chain takes its next segments
+    /// through those of its first.
+    #[inline]
+    pub(crate) fn charged_to(&self) -> (&PoolRef, Option<AccountPtr>) {
+        (&self.pool, self.tenant)
     }
 
     /// The size class of the slab this buffer holds now (it changes when a write promotes it).

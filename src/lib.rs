@@ -4,6 +4,7 @@
 #[cfg(feature = "http-body")]
 mod body;
 mod buf;
+mod chain;
 mod class;
 mod error;
 mod inner;
@@ -20,6 +21,7 @@ pub mod prometheus;
 #[cfg(feature = "http-body")]
 pub use body::CollectError;
 pub use buf::PooledBuf;
+pub use chain::{BytesChain, PooledChain};
 pub use class::PoolClass;
 pub use error::PoolError;
 pub use inner::account::{MAX_TENANT_ID_LEN, OVERFLOW_TENANT_ID};
