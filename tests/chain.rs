@@ -21,6 +21,9 @@ fn pool() -> BufferPool {
         .build()
 }
 
+/// One way of writing a payload into a chain.
+type WriteWay = fn(&mut PooledChain, &[u8]);
+
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
@@ -125,7 +128,7 @@ fn capacity_stays_within_a_medium_slab_of_the_length() {
     };
     for &size in sizes {
         let data = pattern(size);
-        let ways: [(&str, fn(&mut PooledChain, &[u8])); 4] = [
+        let ways: [(&str, WriteWay); 4] = [
             ("one write", |c, d| c.try_extend_from_slice(d).unwrap()),
             ("reserved", |c, d| {
                 c.try_reserve(d.len()).unwrap();
