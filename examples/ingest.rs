@@ -2,20 +2,34 @@
 //! clients, in one process.
 //!
 //! ```text
-//! cargo run --release --example ingest                                # the pool
+//! cargo run --release --example ingest                                # the pool (a chain)
+//! cargo run --release --example ingest -- --alloc pool-buf             # one PooledBuf
 //! cargo run --release --example ingest -- --alloc bytesmut             # BytesMut
+//! cargo run --release --example ingest -- --alloc to-bytes             # axum::body::to_bytes
 //! cargo run --release --example ingest -- --serve --addr 127.0.0.1:8080
+//! cargo run --release --example ingest_mimalloc                        # on mimalloc
 //! ```
 //!
 //! The server answers `POST /ingest/{tenant}`: it reads the body with
-//! [`Tenant::collect_body_wait`](axon_buffer::Tenant::collect_body_wait) into one pooled
-//! buffer charged to the tenant (looked up per request with `pool.tenant(id)`: no map of
-//! handles), freezes it into `Bytes` and fans it out to two consumers: a checksum task, and
-//! a storage step on `spawn_blocking` that writes it out and checksums what it wrote. The
-//! response carries the checksum in `x-checksum`. A tenant at its hard limit does not get
-//! a 429 at once: its upload waits for room, its socket unread, so TCP pushes back on its
-//! client; a wait longer than `WAIT_AT_MOST` is given up and answered with the crate's
-//! [`WaitElapsed`](axon_buffer::WaitElapsed): 503 with `Retry-After`.
+//! [`Tenant::collect_body_chain_wait`](axon_buffer::Tenant::collect_body_chain_wait) into
+//! a chain of pooled segments charged to the tenant (looked up per request with
+//! `pool.tenant(id)`: no map of handles), freezes it into a
+//! [`BytesChain`](axon_buffer::BytesChain) and fans it out to two consumers: a checksum
+//! task, and a storage step on `spawn_blocking` that writes it out (vectored, one `IoSlice`
+//! a segment) and checksums what it wrote. Neither needs the payload in one piece, so it is
+//! never made contiguous: the chain is charged about what it holds, not the size class
+//! above it. The response carries the checksum in `x-checksum`. A tenant at its hard limit
+//! does not get a 429 at once: its upload waits for room, its socket unread, so TCP pushes
+//! back on its client; a wait longer than `WAIT_AT_MOST` is given up and answered with the
+//! crate's [`WaitElapsed`](axon_buffer::WaitElapsed): 503 with `Retry-After`.
+//!
+//! `--alloc` picks where bodies go, for comparison (`scripts/load.sh` runs them all):
+//! `pool` (alias `chain`, the default) the chain above; `pool-buf` one contiguous
+//! [`PooledBuf`](axon_buffer::PooledBuf) from
+//! [`Tenant::collect_body_wait`](axon_buffer::Tenant::collect_body_wait), charged its size
+//! class, frozen into `Bytes`; `bytesmut` a fresh `BytesMut` sized from the size hint;
+//! `to-bytes` `axum::body::to_bytes`, what an axum handler writes by default. The
+//! `ingest_mimalloc` example is this same server with mimalloc as the global allocator.
 //! `GET /metrics`
 //! serves the pool's OpenMetrics text.
 //!
@@ -50,21 +64,23 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axon_buffer::{prometheus, BufferPool, BufferPoolSnapshot, PoolClass, WaitElapsed};
+use axon_buffer::{
+    prometheus, BufferPool, BufferPoolSnapshot, BytesChain, CollectError, PoolClass, WaitElapsed,
+};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
 use http_body::{Body as _, Frame};
 use http_body_util::combinators::BoxBody;
@@ -99,7 +115,8 @@ const ATTEMPTS: u32 = 20;
 #[derive(Parser, Debug)]
 #[command(name = "ingest")]
 struct Args {
-    /// Where request bodies go: one pooled buffer each, or a fresh BytesMut each.
+    /// Where request bodies go: a pooled chain (the default), one pooled buffer, a fresh
+    /// BytesMut, or axum's to_bytes.
     #[arg(long, value_enum, default_value_t = Alloc::Pool)]
     alloc: Alloc,
     /// Serve only, for an outside load (wrk): run until Ctrl-C or SIGTERM, then check
@@ -138,6 +155,10 @@ struct Args {
     /// use the pool for bodies: no budget applies there.
     #[arg(long, value_parser = parse_size)]
     max_live_bytes: Option<u64>,
+    /// The cap on idle slabs across all classes, `max_idle_bytes` (bytes or with a
+    /// suffix); the crate's default (256 MiB) when not given.
+    #[arg(long, value_parser = parse_size)]
+    max_idle_bytes: Option<u64>,
     /// Every tenant's hard limit (`default_tenant_hard_limit`; bytes or with a suffix).
     /// The last `tenant-*` keeps `--hard-limit-mib`.
     #[arg(long, value_parser = parse_size)]
@@ -185,23 +206,36 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
 enum Alloc {
-    /// `Tenant::collect_body` into a pooled buffer.
+    /// `Tenant::collect_body_chain_wait` into pooled segments, frozen into a `BytesChain`.
+    #[value(alias = "chain")]
     Pool,
-    /// A `BytesMut` per body, freed on drop.
+    /// `Tenant::collect_body_wait` into one contiguous pooled buffer, frozen into `Bytes`.
+    PoolBuf,
+    /// A `BytesMut` per body, sized from the size hint, freed on drop.
     Bytesmut,
+    /// `axum::body::to_bytes`: the frames collected, then copied into one `Bytes`.
+    ToBytes,
 }
 
 impl Alloc {
     fn name(self) -> &'static str {
         match self {
             Alloc::Pool => "pool",
+            Alloc::PoolBuf => "pool-buf",
             Alloc::Bytesmut => "bytesmut",
+            Alloc::ToBytes => "to-bytes",
         }
+    }
+
+    /// Bodies go to the pool (and its budget and limits apply to them).
+    fn pooled(self) -> bool {
+        matches!(self, Alloc::Pool | Alloc::PoolBuf)
     }
 }
 
+/// Also the entry point of the `ingest_mimalloc` example, which includes this file.
 #[tokio::main]
-async fn main() -> ExitCode {
+pub(crate) async fn main() -> ExitCode {
     let args = Args::parse();
     if !args.addr.ip().is_loopback() {
         eprintln!("--addr {}: this example serves on loopback only", args.addr);
@@ -242,6 +276,9 @@ async fn run(args: Args) -> Result<bool, Error> {
     if let Some(budget) = args.max_live_bytes {
         builder = builder.max_live_bytes(budget);
     }
+    if let Some(cap) = args.max_idle_bytes {
+        builder = builder.max_idle_bytes(cap);
+    }
     let pool = builder.build();
     // The built-in clients drive `tenant-*`; the quiet and flooding groups are for an
     // outside load. The server keeps figures and checks for all of them.
@@ -273,10 +310,12 @@ async fn run(args: Args) -> Result<bool, Error> {
         to_checksum,
         mismatches: AtomicU64::new(0),
         fan_out: args.handler == Handler::FanOut,
+        chain: args.alloc == Alloc::Pool,
     });
     let ingest = match args.alloc {
-        Alloc::Pool => post(ingest_pooled),
+        Alloc::Pool | Alloc::PoolBuf => post(ingest_pooled),
         Alloc::Bytesmut => post(ingest_bytesmut),
+        Alloc::ToBytes => post(ingest_to_bytes),
     };
     let app = Router::new()
         .route("/ingest/{tenant}", ingest)
@@ -301,10 +340,10 @@ async fn run(args: Args) -> Result<bool, Error> {
         } else {
             "plain"
         },
-        if args.alloc == Alloc::Bytesmut {
-            " (bodies in BytesMut: no budget or limit applies to them)"
-        } else {
+        if args.alloc.pooled() {
             ""
+        } else {
+            " (bodies outside the pool: no budget or limit applies to them)"
         }
     );
     println!("metrics: serving http://{addr}/metrics");
@@ -440,11 +479,48 @@ struct Server {
     pool: BufferPool,
     stats: HashMap<String, TenantStats>,
     other: TenantStats,
-    to_checksum: mpsc::Sender<(Bytes, oneshot::Sender<u64>)>,
+    to_checksum: mpsc::Sender<(Payload, oneshot::Sender<u64>)>,
     /// The two consumers disagreed on a body.
     mismatches: AtomicU64,
     /// `--handler fan-out`: bodies go to the consumers; otherwise answered with their length.
     fan_out: bool,
+    /// `--alloc pool`: the pooled handler collects a chain; otherwise one `PooledBuf`.
+    chain: bool,
+}
+
+/// A collected body, as the consumers see it: one piece (`pool-buf`, `bytesmut`,
+/// `to-bytes`), or the chain's segments (`pool`). Cloning shares the memory.
+#[derive(Clone)]
+enum Payload {
+    Contiguous(Bytes),
+    Chain(BytesChain),
+}
+
+impl Payload {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Contiguous(bytes) => bytes.len(),
+            Payload::Chain(chain) => chain.len(),
+        }
+    }
+
+    /// The payload's pieces, in order: one for a contiguous body, each segment of a chain.
+    fn segments(&self) -> impl Iterator<Item = &Bytes> {
+        let (whole, chain) = match self {
+            Payload::Contiguous(bytes) => (Some(bytes), None),
+            Payload::Chain(chain) => (None, Some(chain.iter())),
+        };
+        whole.into_iter().chain(chain.into_iter().flatten())
+    }
+
+    /// The checksum of the payload read in order, piece by piece (no contiguous copy).
+    fn checksum(&self) -> u64 {
+        let mut sum = Checksum::new(self.len());
+        for segment in self.segments() {
+            sum.update(segment);
+        }
+        sum.finish()
+    }
 }
 
 #[derive(Default)]
@@ -465,7 +541,8 @@ impl Server {
     }
 }
 
-/// `POST /ingest/{tenant}` with the pool: the body into one buffer charged to the tenant.
+/// `POST /ingest/{tenant}` with the pool: the body into a chain of segments (`--alloc pool`)
+/// or one contiguous buffer (`--alloc pool-buf`), charged to the tenant.
 async fn ingest_pooled(
     State(server): State<Arc<Server>>,
     Path(id): Path<String>,
@@ -473,25 +550,31 @@ async fn ingest_pooled(
 ) -> Response {
     let stats = server.stats(&id);
     let tenant = server.pool.tenant(&id);
+    let collect = async {
+        if server.chain {
+            let chain = tenant.collect_body_chain_wait(&mut body, MAX_BODY).await?;
+            Ok(Payload::Chain(chain.freeze()))
+        } else {
+            let buf = tenant.collect_body_wait(&mut body, MAX_BODY).await?;
+            Ok(Payload::Contiguous(buf.freeze()))
+        }
+    };
     // Over a limit the upload waits for room, its body unread; bounded, so a tenant that
     // never drains gets an answer: past the deadline the wait is dropped (it charged
     // nothing and hands its turn on) and answered with the crate's WaitElapsed.
-    let refusal =
-        match tokio::time::timeout(WAIT_AT_MOST, tenant.collect_body_wait(&mut body, MAX_BODY))
-            .await
-        {
-            Ok(Ok(buf)) => {
-                stats.peak_live.fetch_max(tenant.live_bytes(), Relaxed);
-                drop(tenant);
-                return answer(&server, stats, buf.freeze()).await;
-            }
-            Ok(Err(err)) if err.retry_after().is_none() => {
-                stats.errors.fetch_add(1, Relaxed);
-                return err.into_response();
-            }
-            Ok(Err(err)) => err.into_response(),
-            Err(_elapsed) => WaitElapsed::new(WAIT_AT_MOST).into_response(),
-        };
+    let refusal = match tokio::time::timeout(WAIT_AT_MOST, collect).await {
+        Ok(Ok(payload)) => {
+            stats.peak_live.fetch_max(tenant.live_bytes(), Relaxed);
+            drop(tenant);
+            return answer(&server, stats, payload).await;
+        }
+        Ok(Err::<_, CollectError<axum::Error>>(err)) if err.retry_after().is_none() => {
+            stats.errors.fetch_add(1, Relaxed);
+            return err.into_response();
+        }
+        Ok(Err(err)) => err.into_response(),
+        Err(_elapsed) => WaitElapsed::new(WAIT_AT_MOST).into_response(),
+    };
     stats.refused.fetch_add(1, Relaxed);
     // hyper closes a connection whose request body was left unread, and a client still
     // sending sees a reset instead of this answer: read the rest first, so the client can
@@ -508,10 +591,33 @@ async fn ingest_bytesmut(
 ) -> Result<Response, (StatusCode, &'static str)> {
     let stats = server.stats(&id);
     match collect_bytesmut(body, MAX_BODY).await {
-        Ok(data) => Ok(answer(&server, stats, data).await),
+        Ok(data) => Ok(answer(&server, stats, Payload::Contiguous(data)).await),
         Err(refusal) => {
             stats.errors.fetch_add(1, Relaxed);
             Err(refusal)
+        }
+    }
+}
+
+/// `POST /ingest/{tenant}` as an axum handler reads a body by default: `to_bytes` collects
+/// the frames and copies them into one `Bytes` (no copy when the body came in one frame).
+async fn ingest_to_bytes(
+    State(server): State<Arc<Server>>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, (StatusCode, &'static str)> {
+    let stats = server.stats(&id);
+    match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(data) => Ok(answer(&server, stats, Payload::Contiguous(data)).await),
+        Err(err) => {
+            stats.errors.fetch_add(1, Relaxed);
+            let too_large = std::error::Error::source(&err)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+            } else {
+                (StatusCode::BAD_REQUEST, "broken request body\n")
+            })
         }
     }
 }
@@ -553,21 +659,21 @@ async fn discard(body: &mut Body) {
 }
 
 /// The answer to a collected body: `fan_out`, or with `--handler plain` its length alone.
-async fn answer(server: &Server, stats: &TenantStats, data: Bytes) -> Response {
+async fn answer(server: &Server, stats: &TenantStats, data: Payload) -> Response {
     if server.fan_out {
         return fan_out(server, stats, data).await;
     }
     let len = data.len() as u64;
-    drop(data); // the slab returns here, before the answer is written
+    drop(data); // the slabs return here, before the answer is written
     stats.requests.fetch_add(1, Relaxed);
     stats.bytes.fetch_add(len, Relaxed);
     format!("{len} bytes\n").into_response()
 }
 
 /// Hands the body to the checksum task and to a blocking storage step, and answers with
-/// the checksum once both are done and agree. Three owners of one slab: it returns to the
-/// pool when the last drops, on whichever thread that is.
-async fn fan_out(server: &Server, stats: &TenantStats, data: Bytes) -> Response {
+/// the checksum once both are done and agree. Three owners of the same memory: each slab
+/// returns to the pool when the last drops, on whichever thread that is.
+async fn fan_out(server: &Server, stats: &TenantStats, data: Payload) -> Response {
     let len = data.len() as u64;
     let (reply, checksummed) = oneshot::channel();
     if server
@@ -595,19 +701,40 @@ async fn fan_out(server: &Server, stats: &TenantStats, data: Bytes) -> Response 
 }
 
 /// The storage step, on a blocking thread: writes the body out (to `io::sink` here, where
-/// a real server writes a file or calls an object store) and checksums what it wrote.
-fn store(data: Bytes) -> std::io::Result<u64> {
+/// a real server writes a file or calls an object store) and checksums what it wrote. A
+/// chain goes out in vectored writes, one `IoSlice` a segment, as `writev` takes them.
+fn store(data: Payload) -> std::io::Result<u64> {
     let mut out = std::io::sink();
-    out.write_all(&data)?;
+    let sum = data.checksum();
+    match data {
+        Payload::Contiguous(bytes) => out.write_all(&bytes)?,
+        Payload::Chain(chain) => write_all_vectored(&mut out, chain)?,
+    }
     out.flush()?;
-    Ok(checksum(&data))
+    Ok(sum)
+}
+
+/// Writes every byte of `data` with `write_vectored`, up to 64 segments a call; each
+/// segment written in full is dropped as the writer moves past it.
+fn write_all_vectored(out: &mut impl Write, mut data: impl Buf) -> std::io::Result<()> {
+    while data.has_remaining() {
+        let mut slices = [IoSlice::new(&[]); 64];
+        let n = data.chunks_vectored(&mut slices);
+        match out.write_vectored(&slices[..n]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => data.advance(written),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The checksum consumer: one task, fed through a bounded channel. Drops each body before
 /// answering, so a client holding its answer holds no slab.
-async fn checksum_consumer(mut bodies: mpsc::Receiver<(Bytes, oneshot::Sender<u64>)>) {
+async fn checksum_consumer(mut bodies: mpsc::Receiver<(Payload, oneshot::Sender<u64>)>) {
     while let Some((data, reply)) = bodies.recv().await {
-        let sum = checksum(&data);
+        let sum = data.checksum();
         drop(data);
         reply.send(sum).ok();
     }
@@ -948,7 +1075,7 @@ fn print_summary(
         rss("VmRSS:").map_or("n/a".into(), human)
     );
 
-    if args.alloc == Alloc::Pool {
+    if args.alloc.pooled() {
         println!();
         println!("class        slab      hits   misses  hit rate");
         for class in PoolClass::non_oversize() {
@@ -969,7 +1096,14 @@ fn print_summary(
             "exact", snapshot.oversize_allocations_total, snapshot.promotions_total
         );
     } else {
-        println!("pool        not used for bodies: each was a fresh BytesMut, freed on drop");
+        println!(
+            "pool        not used for bodies: each was a fresh {}, freed on drop",
+            if args.alloc == Alloc::Bytesmut {
+                "BytesMut"
+            } else {
+                "Bytes (axum::body::to_bytes)"
+            }
+        );
     }
 
     println!();
@@ -1074,15 +1208,56 @@ fn check_at_rest(
 /// Order-sensitive checksum over 64-bit words: a byte in the wrong place, or one left from
 /// a slab's earlier user, changes it.
 fn checksum(data: &[u8]) -> u64 {
-    let mut words = data.chunks_exact(8);
-    let mut sum = data.len() as u64;
-    for word in &mut words {
-        sum = sum.rotate_left(5) ^ u64::from_le_bytes(word.try_into().unwrap());
+    let mut sum = Checksum::new(data.len());
+    sum.update(data);
+    sum.finish()
+}
+
+/// [`checksum`] fed piece by piece: a word split between two segments is put together
+/// from both, so a chain's checksum is that of the same bytes in one piece.
+struct Checksum {
+    sum: u64,
+    /// The start of a word whose rest is in the next piece.
+    partial: [u8; 8],
+    filled: usize,
+}
+
+impl Checksum {
+    /// A checksum of `len` bytes in all.
+    fn new(len: usize) -> Checksum {
+        Checksum {
+            sum: len as u64,
+            partial: [0; 8],
+            filled: 0,
+        }
     }
-    for &byte in words.remainder() {
-        sum = sum.rotate_left(5) ^ u64::from(byte);
+
+    fn update(&mut self, mut data: &[u8]) {
+        if self.filled > 0 {
+            let take = (8 - self.filled).min(data.len());
+            self.partial[self.filled..self.filled + take].copy_from_slice(&data[..take]);
+            self.filled += take;
+            data = &data[take..];
+            if self.filled < 8 {
+                return;
+            }
+            self.sum = self.sum.rotate_left(5) ^ u64::from_le_bytes(self.partial);
+            self.filled = 0;
+        }
+        let mut words = data.chunks_exact(8);
+        for word in &mut words {
+            self.sum = self.sum.rotate_left(5) ^ u64::from_le_bytes(word.try_into().unwrap());
+        }
+        let rest = words.remainder();
+        self.partial[..rest.len()].copy_from_slice(rest);
+        self.filled = rest.len();
     }
-    sum
+
+    fn finish(self) -> u64 {
+        self.partial[..self.filled]
+            .iter()
+            .fold(self.sum, |sum, &byte| sum.rotate_left(5) ^ u64::from(byte))
+    }
 }
 
 /// A figure of /proc/self/status in bytes (`VmHWM:` peak RSS, `VmRSS:` now), Linux only.
