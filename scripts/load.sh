@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# HTTP load: wrk against the ingest example's server, the pool against BytesMut.
+# HTTP load: wrk against the ingest example's server, the pool against BytesMut and
+# against axum's to_bytes.
 #
 #   scripts/load.sh [SECONDS_PER_RUN=15] [ROUNDS=5] [REST_SECONDS=30]
+#   LOAD_ALLOCATOR=mimalloc scripts/load.sh ...   # every mode on mimalloc
 #
-# Each round runs `examples/ingest --serve` twice, once per `--alloc` (pool, then bytesmut),
-# each a fresh process on an ephemeral 127.0.0.1 port, and drives it with wrk
-# (LOAD_THREADS=2 threads, LOAD_CONNECTIONS=32 connections, SECONDS_PER_RUN seconds) and
-# scripts/ingest.lua, the example's upload mix. For each run it measures, from wrk and the
-# server's /proc entries:
+# Each round runs `examples/ingest --serve` once per `--alloc` mode (LOAD_MODES, default
+# all four; each round starts one mode later, so no mode always runs first):
+#   pool      the pool's chain: `collect_body_chain_wait`, frozen into a BytesChain, whose
+#             segments the consumers read without making it contiguous
+#   pool-buf  the pool's contiguous PooledBuf: `collect_body_wait`, frozen into Bytes
+#   bytesmut  a fresh BytesMut per body, sized from the size hint
+#   to-bytes  `axum::body::to_bytes`, what an axum handler writes by default
+# each a fresh process on an ephemeral 127.0.0.1 port with LOAD_TENANTS tenants (default 8;
+# the last one hard-limited to 20 MiB), and drives it with wrk (LOAD_THREADS=2 threads,
+# LOAD_CONNECTIONS=32 connections, SECONDS_PER_RUN seconds) and scripts/ingest.lua, the
+# example's upload mix. LOAD_ALLOCATOR=mimalloc runs the `ingest_mimalloc` example
+# instead, the same server with mimalloc as the global allocator (default glibc: the
+# system's malloc). For each run it measures, from wrk and the server's /proc entries:
 #   req/s, MB/s (request bodies the server accepted, over wrk's duration), p50 and p99
 #   latency, server CPU per request (user + system ticks during the load), peak RSS
 #   (VmHWM) and RSS at rest (VmRSS, REST_SECONDS after the load ended),
 # then stops the server with SIGINT: it checks for leaks and reservations refused at rest
 # and exits non-zero when one fails. One Markdown table follows: every run, the median of
-# each alloc, and the ratios pool / bytesmut.
+# each mode, the ratios of each pool mode to bytesmut and to to-bytes, and the targets
+# (the chain at most 1.0x their CPU per request and peak RSS, at most 0.5x their RSS at
+# rest), reported, not enforced: the figures are of a shared machine.
 #
 # wrk is installed with apt-get when missing (root, Debian); a failed install fails the
 # script. The script fails when a server fails its checks, wrk fails, or a run completes
@@ -30,14 +42,38 @@ rounds=${2:-5}
 rest=${3:-30}
 threads=${LOAD_THREADS:-2}
 connections=${LOAD_CONNECTIONS:-32}
-for n in "$seconds" "$rounds" "$rest" "$threads" "$connections"; do
+tenants=${LOAD_TENANTS:-8}
+allocator=${LOAD_ALLOCATOR:-glibc}
+read -r -a modes <<<"${LOAD_MODES:-pool pool-buf bytesmut to-bytes}"
+((${#modes[@]} > 0)) || {
+    echo "load: LOAD_MODES is empty" >&2
+    exit 2
+}
+for mode in "${modes[@]}"; do
+    case $mode in
+    pool | pool-buf | bytesmut | to-bytes) ;;
+    *)
+        echo "load: unknown mode $mode in LOAD_MODES (pool, pool-buf, bytesmut, to-bytes)" >&2
+        exit 2
+        ;;
+    esac
+done
+case $allocator in
+glibc) example=ingest ;;
+mimalloc) example=ingest_mimalloc ;;
+*)
+    echo "load: LOAD_ALLOCATOR is glibc or mimalloc, not $allocator" >&2
+    exit 2
+    ;;
+esac
+for n in "$seconds" "$rounds" "$rest" "$threads" "$connections" "$tenants"; do
     [[ $n =~ ^[0-9]+$ ]] || {
         echo "usage: scripts/load.sh [SECONDS_PER_RUN] [ROUNDS] [REST_SECONDS] (whole numbers)" >&2
         exit 2
     }
 done
-((seconds > 0 && rounds > 0)) || {
-    echo "load: SECONDS_PER_RUN and ROUNDS must be positive" >&2
+((seconds > 0 && rounds > 0 && tenants >= 2)) || {
+    echo "load: SECONDS_PER_RUN and ROUNDS must be positive, LOAD_TENANTS at least 2" >&2
     exit 2
 }
 
@@ -60,8 +96,8 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 command -v python3 >/dev/null 2>&1 || fail "python3 is needed for the table"
 
-cargo build --release --features axum --example ingest
-bin=$CARGO_TARGET_DIR/release/examples/ingest
+cargo build --release --features axum --example "$example"
+bin=$CARGO_TARGET_DIR/release/examples/$example
 work=$CARGO_TARGET_DIR/load
 rm -rf "$work"
 mkdir -p "$work"
@@ -108,7 +144,7 @@ failures=()
 run_one() { # run_one ALLOC ROUND
     local alloc=$1 round=$2
     local log=$work/$alloc-$round.server.log wrk_log=$work/$alloc-$round.wrk.log
-    "$bin" --serve --alloc "$alloc" --addr 127.0.0.1:0 >"$log" 2>&1 &
+    "$bin" --serve --alloc "$alloc" --tenants "$tenants" --addr 127.0.0.1:0 >"$log" 2>&1 &
     server_pid=$!
     local addr deadline=$((SECONDS + 30))
     until addr=$(grep -om1 'http://127\.0\.0\.1:[0-9]*' "$log"); do
@@ -120,7 +156,7 @@ run_one() { # run_one ALLOC ROUND
     local ticks_before ticks_after
     ticks_before=$(cpu_ticks "$server_pid")
     wrk -t"$threads" -c"$connections" -d"${seconds}s" --timeout 10s --latency \
-        -s scripts/ingest.lua "$addr" >"$wrk_log" 2>&1 || fail "wrk failed (log: $wrk_log)"
+        -s scripts/ingest.lua "$addr" -- "$tenants" >"$wrk_log" 2>&1 || fail "wrk failed (log: $wrk_log)"
     ticks_after=$(cpu_ticks "$server_pid")
     local peak_kib rest_kib
     peak_kib=$(status_kib "$server_pid" VmHWM)
@@ -153,18 +189,19 @@ run_one() { # run_one ALLOC ROUND
     echo "load: $alloc round $round: $requests requests, server $verdict"
 }
 
-echo "load: $rounds round(s) of ${seconds} s per alloc, $threads wrk threads, $connections connections, RSS at rest after ${rest} s"
+echo "load: $rounds round(s) of ${seconds} s per mode (${modes[*]}) on $allocator, $tenants tenants, $threads wrk threads, $connections connections, RSS at rest after ${rest} s"
 for round in $(seq "$rounds"); do
-    for alloc in pool bytesmut; do
-        run_one "$alloc" "$round"
+    for i in "${!modes[@]}"; do
+        run_one "${modes[$(((i + round - 1) % ${#modes[@]}))]}" "$round"
     done
 done
 
-python3 - "$results" "$ticks_per_second" "$seconds" "$connections" <<'PY'
+python3 - "$results" "$ticks_per_second" "$seconds" "$connections" "$tenants" "$allocator" <<'PY'
 import statistics
 import sys
 
-path, ticks_per_second, seconds, connections = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+path, ticks_per_second, seconds, connections, tenants, allocator = (
+    sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6])
 runs = []
 for line in open(path):
     (alloc, rnd, requests, duration_us, body_bytes, p50, p99, ticks, peak, rest,
@@ -196,23 +233,42 @@ def fmt(v):
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
 
 print()
-print(f"HTTP ingest under wrk: {connections} connections, {seconds} s per run, the example's mix")
+print(f"HTTP ingest under wrk on {allocator}: {connections} connections, {tenants} tenants, "
+      f"{seconds} s per run, the example's mix")
 print()
 print("| run | " + " | ".join(columns) + " |")
 print("|---" * (len(columns) + 1) + "|")
 for r in runs:
     print(f"| {r['run']} | " + " | ".join(fmt(r[c]) for c in columns) + " |")
 median = {}
-for alloc in ("pool", "bytesmut"):
+for alloc in dict.fromkeys(r["alloc"] for r in runs):
     rows = [r for r in runs if r["alloc"] == alloc]
     median[alloc] = {c: statistics.median(r[c] for r in rows) for c in figures}
     print(f"| **median {alloc}** | " + " | ".join(fmt(median[alloc][c]) for c in figures)
           + f" | {sum(r['429/503'] for r in rows)} | {sum(r['errors'] for r in rows)} | |")
-ratios = []
-for c in figures:
-    base = median["bytesmut"][c]
-    ratios.append(f"{median['pool'][c] / base:.2f}x" if base else "-")
-print("| **pool / bytesmut** | " + " | ".join(ratios) + " | | | |")
+for alloc in ("pool", "pool-buf"):
+    for base in ("bytesmut", "to-bytes"):
+        if alloc not in median or base not in median:
+            continue
+        ratios = []
+        for c in figures:
+            b = median[base][c]
+            ratios.append(f"{median[alloc][c] / b:.2f}x" if b else "-")
+        print(f"| **{alloc} / {base}** | " + " | ".join(ratios) + " | | | |")
+
+# The chain's targets: CPU per request and peak RSS at most 1.0x, RSS at rest at most 0.5x.
+if "pool" in median:
+    print()
+    for base in ("bytesmut", "to-bytes"):
+        if base not in median:
+            continue
+        for c, target in (("CPU ms/req", 1.0), ("peak RSS MiB", 1.0), ("RSS at rest MiB", 0.5)):
+            b = median[base][c]
+            if not b:
+                continue
+            ratio = median["pool"][c] / b
+            verdict = "met" if ratio <= target else "MISSED"
+            print(f"- pool (chain) / {base}, {c}: {ratio:.2f}x (target <= {target:.1f}x): {verdict}")
 PY
 
 if ((${#failures[@]} > 0)); then
