@@ -28,6 +28,11 @@
 # Rounds interleave the modes (each round starts one mode later). One Markdown table
 # follows: every run, the median of each mode, and the targets' ratios.
 #
+# NOISY_MAX_IDLE_BYTES (bytes, or with a suffix KiB, MiB or GiB; unset: the crate's default,
+# 256 MiB) sets the pool's `max_idle_bytes` (`--max-idle-bytes`) in every mode but before;
+# issue 17's scenario sets it to a quarter of the budget, 24MiB. The summary then reports
+# each pool mode's highest peak RSS against max_live_bytes + max_idle_bytes + 32 MiB.
+#
 # wrk and curl are installed with apt-get when missing (root or sudo, Debian); a failed
 # install fails the script. The script fails when a server fails its checks, a wrk fails
 # or completes no request, or a scrape shows live bytes above the budget; the table is
@@ -58,6 +63,20 @@ budget_flag=96MiB
 hard_limit_flag=64MiB
 guarantee=${NOISY_GUARANTEE:-4MiB}
 before_bin=${NOISY_BEFORE_BIN:-}
+max_idle=${NOISY_MAX_IDLE_BYTES:-}
+max_idle_bytes=$((256 << 20))
+if [[ -n $max_idle ]]; then
+    [[ $max_idle =~ ^([0-9]+)(B|KiB|MiB|GiB)?$ ]] || {
+        echo "noisy: NOISY_MAX_IDLE_BYTES is bytes or a whole number with KiB, MiB or GiB, not $max_idle" >&2
+        exit 2
+    }
+    case ${BASH_REMATCH[2]} in
+    KiB) max_idle_bytes=$((BASH_REMATCH[1] << 10)) ;;
+    MiB) max_idle_bytes=$((BASH_REMATCH[1] << 20)) ;;
+    GiB) max_idle_bytes=$((BASH_REMATCH[1] << 30)) ;;
+    *) max_idle_bytes=${BASH_REMATCH[1]} ;;
+    esac
+fi
 read -r -a modes <<<"${NOISY_MODES:-pool pool-guarantee bytesmut${before_bin:+ before}}"
 for mode in "${modes[@]}"; do
     case $mode in
@@ -146,6 +165,7 @@ run_one() { # run_one MODE ROUND
     local flags=(--serve --handler plain --addr 127.0.0.1:0 --quiet 1 --flood 8
         --tenant-hard-limit "$hard_limit_flag")
     [[ $mode == pool-unbounded ]] || flags+=(--max-live-bytes "$budget_flag")
+    [[ -z $max_idle || $mode == before ]] || flags+=(--max-idle-bytes "$max_idle")
     case $mode in
     pool-unbounded) flags+=(--alloc pool) ;;
     pool) flags+=(--alloc pool) ;;
@@ -243,11 +263,11 @@ for round in $(seq "$rounds"); do
     done
 done
 
-python3 - "$results" "$budget_bytes" "$seconds" <<'PY'
+python3 - "$results" "$budget_bytes" "$seconds" "$max_idle_bytes" <<'PY'
 import statistics
 import sys
 
-path, budget, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+path, budget, seconds, max_idle = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 runs = []
 for line in open(path):
     (mode, rnd, a_req, a_us, a_p99, b_req, b_us, b_p99, b_max, b_refused,
@@ -319,6 +339,15 @@ highest = max((r["max live MiB"] for r in runs if r["mode"] not in ("bytesmut", 
 if highest is not None:
     print(f"- highest buffer_pool_live_bytes at any scrape: {highest:.1f} MiB "
           f"(max_live_bytes {budget >> 20} MiB)")
+# Peak RSS against what the pool may hold: its budget, its idle cap, and 32 MiB for the rest
+# of the process (runtime, sockets, hyper's buffers).
+bound = (budget + max_idle) / 2**20 + 32
+for mode in ("pool", "pool-guarantee"):
+    peaks = [r["peak RSS MiB"] for r in runs if r["mode"] == mode]
+    if peaks:
+        verdict = "within" if max(peaks) <= bound else "ABOVE"
+        print(f"- {mode}: highest peak RSS {max(peaks):.1f} MiB, {verdict} max_live_bytes "
+              f"{budget >> 20} MiB + max_idle_bytes {max_idle / 2**20:.0f} MiB + 32 MiB = {bound:.0f} MiB")
 PY
 
 if ((${#failures[@]} > 0)); then
