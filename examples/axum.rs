@@ -1,5 +1,6 @@
 //! The handler to copy: an axum 0.8 route that reads each request body straight into a
-//! pooled buffer charged to the tenant named in the path.
+//! chain of pooled segments charged to the tenant named in the path (charged about what
+//! it holds, not a size class above it; see "PooledBuf or chain?" in the README).
 //!
 //! ```text
 //! cargo run --example axum
@@ -26,7 +27,7 @@ use hyper_util::rt::TokioExecutor;
 /// before it is read.
 const MAX_BODY: usize = 16 << 20;
 
-/// `POST /ingest/{tenant}`: the body, in one pooled buffer charged to `tenant`.
+/// `POST /ingest/{tenant}`: the body, in pooled segments charged to `tenant`.
 ///
 /// A refusal is its own response: 400 for a broken body, 413 past `MAX_BODY` or a limit
 /// it can never fit, 429 (tenant) or 503 (pool) with `Retry-After` when it fits later.
@@ -39,10 +40,19 @@ async fn ingest(
     Path(tenant): Path<String>,
     body: Body,
 ) -> Result<String, CollectError<axum::Error>> {
-    let buf = pool.tenant(&tenant).collect_body(body, MAX_BODY).await?;
-    // Bytes, no copy: clone it to your consumers; the slab returns when the last drops.
-    let payload = buf.freeze();
-    Ok(format!("{} bytes for {tenant}\n", payload.len()))
+    let chain = pool
+        .tenant(&tenant)
+        .collect_body_chain(body, MAX_BODY)
+        .await?;
+    // A Bytes a segment, no copy: clone it to your consumers, read it with `iter()` or as a
+    // `bytes::Buf` (`chunks_vectored` for a vectored write); each segment returns to the
+    // pool when its last clone drops.
+    let payload = chain.freeze();
+    Ok(format!(
+        "{} bytes in {} segments for {tenant}\n",
+        payload.len(),
+        payload.segments()
+    ))
 }
 
 fn app(pool: BufferPool) -> Router {
@@ -54,15 +64,18 @@ fn app(pool: BufferPool) -> Router {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let pool = BufferPool::default();
+    pool.tenant("plan").set_hard_limit(Some(8 << 20));
     pool.tenant("tiny").set_hard_limit(Some(4096)); // one Small slab at most
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(listener, app(pool)).await });
 
     let client = Client::builder(TokioExecutor::new()).build_http();
-    // 300 kB for acme: 200. 5000 bytes for tiny: its buffer would be a 64 KiB slab, which
-    // never fits 4 KiB, so 413 (without reading the body).
-    for (tenant, len) in [("acme", 300_000), ("tiny", 5000)] {
+    // 300 kB for acme: 200, in five 64 KiB segments. 5 MiB for plan, under an 8 MiB hard
+    // limit: 200, in five 1 MiB segments (one contiguous PooledBuf would be charged a 10 MiB
+    // slab: 413). 5000 bytes for tiny: more than one 4 KiB Small segment, so a 64 KiB one,
+    // which never fits 4 KiB: 413 (without reading the body).
+    for (tenant, len) in [("acme", 300_000), ("plan", 5 << 20), ("tiny", 5000)] {
         let request = http::Request::post(format!("http://{addr}/ingest/{tenant}"))
             .body(Full::new(Bytes::from(vec![42u8; len])))?;
         let response = client.request(request).await?;
