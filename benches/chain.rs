@@ -94,6 +94,20 @@ async fn bytes_mut(mut body: Frames) -> BytesMut {
 
 type Arm<'a> = (String, Box<dyn FnMut() + 'a>);
 
+/// Minor page faults of this process so far (Linux; 0 elsewhere): a slab whose pages went
+/// back to the system faults them in again when written.
+fn minor_faults() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    let Some(end) = stat.rfind(')') else { return 0 };
+    stat[end + 1..]
+        .split_whitespace()
+        .nth(7)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]
@@ -248,20 +262,30 @@ fn main() {
         arm();
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); arms.len()];
+    let mut faults: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); arms.len()];
     for round in 0..rounds {
         let n = arms.len();
         for k in 0..n {
             let i = (k + round) % n;
+            let before = minor_faults();
             let start = Instant::now();
             (arms[i].1)();
             times[i].push(start.elapsed().as_secs_f64());
+            faults[i].push((minor_faults() - before) as f64);
         }
     }
     let index = |name: &str| arms.iter().position(|(n, _)| n == name).unwrap();
-    println!("chain bench: {rounds} rounds, arms interleaved; per-arm medians (ms per round)");
+    println!(
+        "chain bench: {rounds} rounds, arms interleaved; per-arm medians: ms per round, minor page faults per round"
+    );
     for (i, (name, _)) in arms.iter().enumerate() {
         let mut t = times[i].clone();
-        println!("{name:45} {:9.3}", median(&mut t) * 1e3);
+        let mut f = faults[i].clone();
+        println!(
+            "{name:45} {:9.3} {:9.0}",
+            median(&mut t) * 1e3,
+            median(&mut f)
+        );
     }
     let ratio = |a: &str, b: &str| {
         let (a, b) = (index(a), index(b));

@@ -28,17 +28,31 @@
 //! copy of what is already written. Whatever is written lands in the segments in order;
 //! every segment before the one being written is full.
 //!
-//! Why these sizes, measured with `cargo bench --bench chain` (benches/chain.rs): fixed
-//! small carriers (the AWS S3 transfer manager's 64 KiB parts, ScyllaDB's 128 KiB
-//! fragments) cost one owner box, one `IoSlice` and one charge per 64 KiB, and 64 idle
-//! Medium slabs (`max_idle_per_class`) hold only 4 MiB: a 41 MiB body of Medium segments
-//! frees and allocates 592 of them each time. Big segments for known lengths keep both
-//! counts small and the slabs on their lists; the 64 KiB bound on the spare keeps the
-//! charge within a Medium slab of the payload, which growing fragments (Redpanda's
-//! `iobuf`, 1.5x up to 128 KiB) do not promise. A chain never consolidates: unlike Netty's
-//! `CompositeByteBuf` (which copies its components into one past 16 of them, about 19 GB
-//! copied for a 200 MB body), it copies only when asked to
-//! ([`BytesChain::to_bytes`]).
+//! Why these sizes, measured with `cargo bench --bench chain` (benches/chain.rs, arms
+//! interleaved; benches/README.md has the table):
+//!
+//! - Copying is the cost, not the segments: a 41 MiB body with a length (4 Huge and 1
+//!   Large segments) and without (656 Medium ones) collect within 10-20% of each other,
+//!   and both at 0.27-0.32x the time of `BytesMut` or `collect().to_bytes()`, which take a
+//!   fresh mapping of 41 MiB and fault in its 10 500 pages for every body (the chain's
+//!   slabs come back warm: 0 page faults a round). Capping known lengths at Large slabs
+//!   (41 segments) measured the same as Huge ones, so the rule keeps Huge: fewer segments,
+//!   fewer owner boxes at `freeze`, and fewer slabs against `max_idle_per_class`.
+//! - The idle cap of 64 slabs a class: a 12 or 41 MiB chunked body holds 192 or 656 Medium
+//!   segments, so all but 64 are freed on return. A pool keeping 1024 idle slabs a class
+//!   measured 0.93-1.31x the default's time (no gain): a freed Medium slab keeps its pages
+//!   (only Large and Huge slabs give theirs back) and the allocator hands it out again
+//!   warm. So segments are kept by the existing caps (`max_idle_per_class`,
+//!   `max_idle_bytes`), and bodies with a length, whose size hint picks big segments,
+//!   stay well under them.
+//! - Fixed small carriers (the AWS S3 transfer manager's 64 KiB parts, ScyllaDB's 128 KiB
+//!   fragments) are what a chain of unknown length uses (Medium slabs): they keep the
+//!   charge within 64 KiB of the payload, which fragments growing by 1.5x (Redpanda's
+//!   `iobuf`) do not promise once past 128 KiB, and they need no size class of their own.
+//! - A chain never consolidates: unlike Netty's `CompositeByteBuf` (which copies its
+//!   components into one past 16 of them, about 19 GB copied for a 200 MB body), it
+//!   copies only when asked to ([`BytesChain::to_bytes`]), as `http-body-util`'s
+//!   `Collected::aggregate()` does not and `to_bytes()` does.
 //!
 //! # Waiting and hold-and-wait
 //!
@@ -100,7 +114,7 @@ const SLACK: usize = 64 * 1024;
 #[must_use = "dropping a PooledChain returns its segments at once"]
 pub struct PooledChain {
     /// In payload order; every segment before `cursor` is full, every one after it empty.
-    segments: Vec<PooledBuf>,
+    segments: Segments,
     /// The segment being written (or `segments.len()` when all are full).
     cursor: usize,
     /// Bytes written, over all segments.
@@ -246,7 +260,7 @@ impl Plan {
 impl PooledChain {
     fn new(owner: Owner) -> PooledChain {
         PooledChain {
-            segments: Vec::new(),
+            segments: Segments::default(),
             cursor: 0,
             len: 0,
             capacity: 0,
@@ -356,12 +370,30 @@ impl PooledChain {
         let Some((plan, total)) = self.plan(additional)? else {
             return Ok(());
         };
+        let before = self.segments.len();
+        let taken = self.take_now(plan, total);
+        match taken {
+            Ok(()) => {
+                self.capacity += plan.bytes() as usize;
+                Ok(())
+            }
+            Err(err) => {
+                self.segments.truncate(before); // the segments taken go back
+                Err(err)
+            }
+        }
+    }
+
+    /// Appends the segments of `plan` (the chain asking for `total` bytes in all), all
+    /// charges first; on error the caller drops what was appended.
+    fn take_now(&mut self, plan: Plan, total: usize) -> Result<(), PoolError> {
         let needed = self.capacity as u64 + plan.bytes();
         let mut classes = plan.classes();
-        let mut fresh = Vec::with_capacity(plan.count());
+        let mut left = plan.count();
         let (pool, tenant) = match self.source() {
             Some(source) => source,
             None => {
+                left -= 1;
                 // The first segment comes through the owner's handle; its pool then knows
                 // `max_request_bytes`.
                 let class = classes.next().expect("a plan takes at least one segment");
@@ -369,54 +401,59 @@ impl PooledChain {
                     .owner
                     .try_acquire(class.capacity())
                     .map_err(|err| err.for_growth(needed))?;
-                let (pool, tenant) = first.charged_to();
-                let (pool, tenant) = (pool.clone(), tenant);
-                fresh.push(first);
+                self.segments.push(first);
+                let (pool, tenant) = self.source().expect("a segment was just taken");
                 pool.check_request(Some(total))?;
                 (pool, tenant)
             }
         };
-        let rest: Vec<PoolClass> = classes.collect();
-        if let [class] = rest[..] {
-            // One segment, the common step of a growing chain: the buffer's fast path.
-            let (slab, charged) = pool
-                .obtain(tenant, class, class.capacity())
-                .map_err(|err| err.for_growth(needed))?;
-            fresh.push(PooledBuf::assemble(pool, tenant, class, slab, charged));
-        } else if !rest.is_empty() {
-            // All the charges first, so a refusal takes no slab at all.
-            let mut charges = Vec::with_capacity(rest.len());
-            for &class in &rest {
-                match pool.charge(tenant, class.capacity() as u64, Purpose::Buffer) {
-                    Ok(charged) => charges.push(charged),
-                    Err(err) => {
-                        for &class in &rest[..charges.len()] {
-                            pool.debit(tenant, class.capacity() as u64, Purpose::Buffer);
-                        }
-                        return Err(err.for_growth(needed));
-                    }
-                }
+        match left {
+            0 => Ok(()),
+            1 => {
+                // One segment, the common step of a growing chain: the buffer's fast path.
+                let class = classes.next().expect("one segment left");
+                let (slab, charged) = pool
+                    .obtain(tenant, class, class.capacity())
+                    .map_err(|err| err.for_growth(needed))?;
+                self.segments
+                    .push(PooledBuf::assemble(pool, tenant, class, slab, charged));
+                Ok(())
             }
-            for (i, (&class, charged)) in rest.iter().zip(charges).enumerate() {
-                match pool.take_slab(class) {
-                    Ok(slab) => fresh.push(PooledBuf::assemble(
-                        pool.clone(),
-                        tenant,
-                        class,
-                        slab,
-                        charged,
-                    )),
-                    Err(err) => {
-                        for &class in &rest[i..] {
-                            pool.debit(tenant, class.capacity() as u64, Purpose::Buffer);
+            _ => {
+                // All the charges first, so a refusal takes no slab at all.
+                let rest: Vec<PoolClass> = classes.collect();
+                let mut charges = Vec::with_capacity(rest.len());
+                for &class in &rest {
+                    match pool.charge(tenant, class.capacity() as u64, Purpose::Buffer) {
+                        Ok(charged) => charges.push(charged),
+                        Err(err) => {
+                            for &class in &rest[..charges.len()] {
+                                pool.debit(tenant, class.capacity() as u64, Purpose::Buffer);
+                            }
+                            return Err(err.for_growth(needed));
                         }
-                        return Err(err); // `fresh` drops: its segments go back
                     }
                 }
+                for (i, (&class, charged)) in rest.iter().zip(charges).enumerate() {
+                    match pool.take_slab(class) {
+                        Ok(slab) => self.segments.push(PooledBuf::assemble(
+                            pool.clone(),
+                            tenant,
+                            class,
+                            slab,
+                            charged,
+                        )),
+                        Err(err) => {
+                            for &class in &rest[i..] {
+                                pool.debit(tenant, class.capacity() as u64, Purpose::Buffer);
+                            }
+                            return Err(err);
+                        }
+                    }
+                }
+                Ok(())
             }
         }
-        self.adopt(fresh);
-        Ok(())
     }
 
     /// Makes room for at least `additional` more bytes as
@@ -483,8 +520,10 @@ impl PooledChain {
 
     /// Appends segments just taken.
     fn adopt(&mut self, fresh: Vec<PooledBuf>) {
-        self.capacity += fresh.iter().map(PooledBuf::capacity).sum::<usize>();
-        self.segments.extend(fresh);
+        for segment in fresh {
+            self.capacity += segment.capacity();
+            self.segments.push(segment);
+        }
     }
 
     /// Appends all of `data`, or nothing: room for the whole slice is made first (as
@@ -517,7 +556,7 @@ impl PooledChain {
     #[inline]
     pub(crate) fn write_reserved(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            let segment = &mut self.segments[self.cursor];
+            let segment = self.segments.get_mut(self.cursor).expect("room was made");
             let spare = segment.capacity() - segment.len();
             if spare == 0 {
                 self.cursor += 1;
@@ -578,6 +617,71 @@ impl PooledChain {
             .map(PooledBuf::freeze)
             .collect();
         BytesChain::new(segments, len)
+    }
+}
+
+/// A chain's segments in order, the first one inline: a chain of one segment (every
+/// payload of at most 4 KiB) allocates nothing besides its slab. `rest` is empty while
+/// `first` is `None`.
+#[derive(Default)]
+struct Segments {
+    first: Option<PooledBuf>,
+    rest: Vec<PooledBuf>,
+}
+
+impl Segments {
+    #[inline]
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    #[inline]
+    fn first(&self) -> Option<&PooledBuf> {
+        self.first.as_ref()
+    }
+
+    #[inline]
+    fn get(&self, index: usize) -> Option<&PooledBuf> {
+        match index {
+            0 => self.first.as_ref(),
+            i => self.rest.get(i - 1),
+        }
+    }
+
+    #[inline]
+    fn get_mut(&mut self, index: usize) -> Option<&mut PooledBuf> {
+        match index {
+            0 => self.first.as_mut(),
+            i => self.rest.get_mut(i - 1),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, segment: PooledBuf) {
+        match self.first {
+            None => self.first = Some(segment),
+            Some(_) => self.rest.push(segment),
+        }
+    }
+
+    /// Drops the segments past the first `len`.
+    fn truncate(&mut self, len: usize) {
+        match len {
+            0 => {
+                self.rest.clear();
+                self.first = None;
+            }
+            len => self.rest.truncate(len - 1),
+        }
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = PooledBuf> {
+        self.first.into_iter().chain(self.rest)
     }
 }
 
