@@ -4,7 +4,7 @@
 //! cycle of a chain against a buffer's.
 //!
 //! Arms are interleaved, as in `side_by_side`: each round runs every arm once (a few tens
-//! of milliseconds each), in a rotating order, the ratio of two arms is taken within each
+//! of milliseconds each), in a shuffled order, the ratio of two arms is taken within each
 //! round, and the figures are medians over the rounds, so the drift of a shared 2-core
 //! machine lands in no ratio. Every body arrives in 16 KiB frames of `Bytes` sliced from
 //! one resident source (hyper hands its read buffer out the same way); every arm copies
@@ -263,10 +263,20 @@ fn main() {
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); arms.len()];
     let mut faults: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); arms.len()];
-    for round in 0..rounds {
-        let n = arms.len();
-        for k in 0..n {
-            let i = (k + round) % n;
+    // A fresh order every round (a seeded shuffle, not a rotation): a rotation keeps every
+    // arm behind the same predecessor, and an arm that runs right after one that freed a
+    // block of its size reuses that block hot in the caches (measured: `bytes-mut` right
+    // after `pooled-buf`, both 12 MiB, read 1.5x faster than `chain`).
+    let mut order: Vec<usize> = (0..arms.len()).collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..rounds {
+        for k in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(k, (seed % (k as u64 + 1)) as usize);
+        }
+        for &i in &order {
             let before = minor_faults();
             let start = Instant::now();
             (arms[i].1)();
