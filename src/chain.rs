@@ -339,7 +339,10 @@ impl PooledChain {
 
     /// Makes room for at least `additional` more bytes, taking the segments that cover
     /// them (the rule is in the module docs), all or nothing: on error the chain, its
-    /// charge and every live figure are unchanged.
+    /// charge and every live figure are unchanged. (Every charge is made before any slab
+    /// is taken, except an empty chain's first segment, which comes through the tenant's or
+    /// the pool's handle: when a later segment of that same step is refused, the first
+    /// slab goes back to its list, its hit or miss still counted.)
     ///
     /// # Errors
     ///
