@@ -275,11 +275,13 @@ impl Tenant {
     }
 
     /// [`collect_body_chain`](Self::collect_body_chain), waiting for room instead of
-    /// refusing: each segment waits its turn as [`Tenant::acquire_wait`] does, while the
-    /// tenant's hard limit or the pool's `max_live_bytes` refuses and waiting can help.
+    /// refusing: each step waits its turn as [`Tenant::acquire_wait`] does, while the
+    /// tenant's hard limit or the pool's `max_live_bytes` refuses and waiting can help. A
+    /// body with a `Content-Length` waits once, for all of its segments, holding nothing
+    /// while it waits.
     ///
-    /// A chain waits while it holds segments; when only waiters hold the room they wait
-    /// for (two bodies each holding half the tenant's limit), the youngest fails with
+    /// A chunked body waits while it holds segments; when only waiters hold the room they
+    /// wait for (two bodies each holding half the tenant's limit), the youngest fails with
     /// [`PoolError::WaitDeadlock`] so the other goes on: waits never hang. Bound the wait
     /// with the server's timeout: dropped at any point, the future has charged nothing and
     /// kept nothing.
@@ -588,7 +590,7 @@ trait ChainRoom {
 /// `collect_body_chain`: room at once or a refusal.
 struct Now;
 
-/// `collect_body_chain_wait`: each segment waits its turn.
+/// `collect_body_chain_wait`: each step (all of a known length at once) waits its turn.
 struct Wait;
 
 impl ChainRoom for Now {

@@ -130,13 +130,6 @@ impl PooledBuf {
         }
     }
 
-    /// The pool and the tenant this buffer is charged to: a chain takes its next segments
-    /// through those of its first.
-    #[inline]
-    pub(crate) fn charged_to(&self) -> (&PoolRef, Option<AccountPtr>) {
-        (&self.pool, self.tenant)
-    }
-
     /// The size class of the slab this buffer holds now (it changes when a write promotes it).
     pub fn class(&self) -> PoolClass {
         self.class

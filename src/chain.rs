@@ -56,11 +56,15 @@
 //!
 //! # Waiting and hold-and-wait
 //!
-//! [`reserve_wait`](PooledChain::reserve_wait) waits for each segment in turn, declaring
-//! what the chain holds already, as a growing buffer does: when every live byte under a
-//! limit is held by requests that wait under it (two chains each holding half a tenant's
-//! limit and waiting for more), the youngest fails with
-//! [`PoolError::WaitDeadlock`] (`waiting_helps()` false), so waits never hang.
+//! [`reserve_wait`](PooledChain::reserve_wait) waits for a whole step at once (every
+//! segment a write or a size hint needs, charged as one request), declaring what the chain
+//! holds already, as a growing buffer does. A body of known length therefore waits once,
+//! holding nothing, for all of its segments: under a saturated budget such bodies queue
+//! as contiguous buffers do, never holding half a payload each. A chunked body grows a
+//! step at a time while it holds the rest: when every live byte under a limit is held by
+//! requests that wait under it (two chains each holding half a tenant's limit and waiting
+//! for more), the youngest fails with [`PoolError::WaitDeadlock`] (`waiting_helps()`
+//! false), so waits never hang.
 
 mod frozen;
 
@@ -125,8 +129,8 @@ pub struct PooledChain {
     owner: Owner,
 }
 
-/// The handle a chain takes its first segment through; later segments are charged to the
-/// first one's pool and tenant.
+/// The handle a chain's segments are charged through: it keeps the tenant's account alive
+/// for as long as the chain may charge it.
 #[derive(Clone)]
 enum Owner {
     Tenant(Tenant),
@@ -134,17 +138,11 @@ enum Owner {
 }
 
 impl Owner {
-    fn try_acquire(&self, bytes: usize) -> Result<PooledBuf, PoolError> {
+    /// The pool and the account the segments are charged to.
+    fn parts(&self) -> (&PoolRef, Option<AccountPtr>) {
         match self {
-            Owner::Tenant(tenant) => tenant.try_acquire(bytes),
-            Owner::Pool(pool) => pool.try_acquire(bytes),
-        }
-    }
-
-    async fn acquire_wait(&self, bytes: usize) -> Result<PooledBuf, PoolError> {
-        match self {
-            Owner::Tenant(tenant) => tenant.acquire_wait(bytes).await,
-            Owner::Pool(pool) => pool.acquire_wait(bytes).await,
+            Owner::Tenant(tenant) => tenant.parts(),
+            Owner::Pool(pool) => pool.parts(),
         }
     }
 }
@@ -300,49 +298,32 @@ impl PooledChain {
         }
     }
 
-    /// The pool and tenant of the chain's segments, once it holds one.
-    fn source(&self) -> Option<(PoolRef, Option<AccountPtr>)> {
-        let (pool, tenant) = self.segments.first()?.charged_to();
-        Some((pool.clone(), tenant))
-    }
-
-    /// `max_request_bytes`, which bounds a chain's length as it bounds a buffer's; unknown
-    /// (no bound) before the first segment.
+    /// `max_request_bytes`, which bounds a chain's length as it bounds a buffer's.
     fn max_request(&self) -> usize {
-        self.segments.first().map_or(usize::MAX, |first| {
-            first.charged_to().0.config.max_request_bytes
-        })
+        self.owner.parts().0.config.max_request_bytes
     }
 
     /// What the chain must take to hold `additional` more bytes (`None`: it has room), and
     /// the length it asks for, or `TooLarge` past `max_request_bytes` or on overflow.
-    fn plan(&self, additional: usize) -> Result<Option<(Plan, usize)>, PoolError> {
+    fn plan(&self, additional: usize) -> Result<Option<Plan>, PoolError> {
         let total = self.len.checked_add(additional);
         if let Some(total) = total {
             if total <= self.capacity && total <= self.max_request() {
                 return Ok(None);
             }
         }
-        let total = match self.source() {
-            Some((pool, _)) => pool.check_request(total)?,
-            None => total.ok_or(PoolError::TooLarge {
-                requested: u64::MAX,
-                max: usize::MAX as u64,
-            })?,
-        };
+        let total = self.owner.parts().0.check_request(total)?;
         if total <= self.capacity {
             return Ok(None);
         }
         let plan = Plan::for_bytes(total - self.capacity, self.segments.is_empty());
-        Ok(Some((plan, total)))
+        Ok(Some(plan))
     }
 
     /// Makes room for at least `additional` more bytes, taking the segments that cover
     /// them (the rule is in the module docs), all or nothing: on error the chain, its
-    /// charge and every live figure are unchanged. (Every charge is made before any slab
-    /// is taken, except an empty chain's first segment, which comes through the tenant's or
-    /// the pool's handle: when a later segment of that same step is refused, the first
-    /// slab goes back to its list, its hit or miss still counted.)
+    /// charge and every live figure are unchanged: a step of several segments is charged
+    /// at once, before any slab is taken.
     ///
     /// # Errors
     ///
@@ -370,11 +351,11 @@ impl PooledChain {
     /// # Ok::<(), PoolError>(())
     /// ```
     pub fn try_reserve(&mut self, additional: usize) -> Result<(), PoolError> {
-        let Some((plan, total)) = self.plan(additional)? else {
+        let Some(plan) = self.plan(additional)? else {
             return Ok(());
         };
         let before = self.segments.len();
-        let taken = self.take_now(plan, total);
+        let taken = self.take_now(plan);
         match taken {
             Ok(()) => {
                 self.capacity += plan.bytes() as usize;
@@ -387,87 +368,71 @@ impl PooledChain {
         }
     }
 
-    /// Appends the segments of `plan` (the chain asking for `total` bytes in all), all
-    /// charges first; on error the caller drops what was appended.
-    fn take_now(&mut self, plan: Plan, total: usize) -> Result<(), PoolError> {
+    /// Appends the segments of `plan`, all charged at once before any slab is taken; on
+    /// error the caller drops what was appended.
+    fn take_now(&mut self, plan: Plan) -> Result<(), PoolError> {
         let needed = self.capacity as u64 + plan.bytes();
-        let mut classes = plan.classes();
-        let mut left = plan.count();
-        let (pool, tenant) = match self.source() {
-            Some(source) => source,
-            None => {
-                left -= 1;
-                // The first segment comes through the owner's handle; its pool then knows
-                // `max_request_bytes`.
-                let class = classes.next().expect("a plan takes at least one segment");
-                let first = self
-                    .owner
-                    .try_acquire(class.capacity())
-                    .map_err(|err| err.for_growth(needed))?;
-                self.segments.push(first);
-                let (pool, tenant) = self.source().expect("a segment was just taken");
-                pool.check_request(Some(total))?;
-                (pool, tenant)
-            }
-        };
-        match left {
-            0 => Ok(()),
-            1 => {
-                // One segment, the common step of a growing chain: the buffer's fast path.
-                let class = classes.next().expect("one segment left");
-                let (slab, charged) = pool
-                    .obtain(tenant, class, class.capacity())
-                    .map_err(|err| err.for_growth(needed))?;
-                self.segments
-                    .push(PooledBuf::assemble(pool, tenant, class, slab, charged));
-                Ok(())
-            }
-            _ => {
-                // All the charges first, so a refusal takes no slab at all.
-                let rest: Vec<PoolClass> = classes.collect();
-                let mut charges = Vec::with_capacity(rest.len());
-                for &class in &rest {
-                    match pool.charge(tenant, class.capacity() as u64, Purpose::Buffer) {
-                        Ok(charged) => charges.push(charged),
-                        Err(err) => {
-                            for &class in &rest[..charges.len()] {
-                                pool.debit(tenant, class.capacity() as u64, Purpose::Buffer);
-                            }
-                            return Err(err.for_growth(needed));
-                        }
-                    }
-                }
-                for (i, (&class, charged)) in rest.iter().zip(charges).enumerate() {
-                    match pool.take_slab(class) {
-                        Ok(slab) => self.segments.push(PooledBuf::assemble(
-                            pool.clone(),
-                            tenant,
-                            class,
-                            slab,
-                            charged,
-                        )),
-                        Err(err) => {
-                            for &class in &rest[i..] {
-                                pool.debit(tenant, class.capacity() as u64, Purpose::Buffer);
-                            }
-                            return Err(err);
-                        }
-                    }
-                }
-                Ok(())
-            }
+        let (pool, tenant) = self.owner.parts();
+        let pool = pool.clone();
+        if plan.count() == 1 {
+            // One segment, the common step of a growing chain: the buffer's fast path.
+            let class = plan.classes().next().expect("one segment");
+            let (slab, charged) = pool
+                .obtain(tenant, class, class.capacity())
+                .map_err(|err| err.for_growth(needed))?;
+            self.segments
+                .push(PooledBuf::assemble(pool, tenant, class, slab, charged));
+            return Ok(());
         }
+        let charged = pool
+            .charge(tenant, plan.bytes(), Purpose::Segments(plan.count() as u64))
+            .map_err(|err| err.for_growth(needed))?;
+        self.take_slabs(&pool, tenant, plan, charged)
+    }
+
+    /// Takes the slabs of `plan`, whose segments are charged already (`charged`), appending
+    /// them; when the allocator refuses one, the charge of those not taken is given back.
+    fn take_slabs(
+        &mut self,
+        pool: &PoolRef,
+        tenant: Option<AccountPtr>,
+        plan: Plan,
+        charged: Charged,
+    ) -> Result<(), PoolError> {
+        let mut left = (plan.count() as u64, plan.bytes());
+        // The soft limit's excess is counted once, with the first segment.
+        let mut charged = Some(charged);
+        for class in plan.classes() {
+            let slab = match pool.take_slab(class) {
+                Ok(slab) => slab,
+                Err(err) => {
+                    pool.debit(tenant, left.1, Purpose::Segments(left.0));
+                    return Err(err); // the caller drops the segments taken
+                }
+            };
+            let charged = charged.take().unwrap_or(Charged::FROM_STOCK);
+            self.segments.push(PooledBuf::assemble(
+                pool.clone(),
+                tenant,
+                class,
+                slab,
+                charged,
+            ));
+            left = (left.0 - 1, left.1 - class.capacity() as u64);
+        }
+        Ok(())
     }
 
     /// Makes room for at least `additional` more bytes as
-    /// [`try_reserve`](Self::try_reserve) does, waiting for each segment in turn while a
-    /// hard limit or `max_live_bytes` refuses it and waiting can help.
+    /// [`try_reserve`](Self::try_reserve) does, waiting while a hard limit or
+    /// `max_live_bytes` refuses the step and waiting can help.
     ///
-    /// Each segment waits in line like any request, declaring what the chain holds
-    /// already: when only waiters hold the room they wait for (two chains each holding
-    /// part of a limit), the youngest fails with [`PoolError::WaitDeadlock`] instead of
-    /// waiting forever. Dropping the future gives back the segments it took and leaves the
-    /// chain as it was.
+    /// The step (every segment it takes) waits in line as one request, declaring what the
+    /// chain holds already: a body of known length waits once, for all of it, so it never
+    /// holds part of its payload while it waits. When only waiters hold the room they wait
+    /// for (two chunked chains each holding part of a limit), the youngest fails with
+    /// [`PoolError::WaitDeadlock`] instead of waiting forever. Dropping the future charges
+    /// nothing and leaves the chain as it was.
     ///
     /// # Errors
     ///
@@ -496,36 +461,39 @@ impl PooledChain {
     /// # }).unwrap();
     /// ```
     pub async fn reserve_wait(&mut self, additional: usize) -> Result<(), PoolError> {
-        let Some((plan, total)) = self.plan(additional)? else {
+        let Some(plan) = self.plan(additional)? else {
             return Ok(());
         };
-        let mut held = self.capacity as u64;
-        let mut source = self.source();
-        // Taken apart from the chain until all are in: a dropped future drops them.
-        let mut fresh = Vec::with_capacity(plan.count());
-        for class in plan.classes() {
-            let segment = match &source {
-                None => {
-                    let first = self.owner.acquire_wait(class.capacity()).await?;
-                    let (pool, tenant) = first.charged_to();
-                    pool.check_request(Some(total))?;
-                    source = Some((pool.clone(), tenant));
-                    first
-                }
-                Some((pool, tenant)) => segment_wait(pool, *tenant, class, held).await?,
-            };
-            held += segment.capacity() as u64;
-            fresh.push(segment);
+        let (pool, tenant) = self.owner.parts();
+        let pool = pool.clone();
+        if plan.count() == 1 {
+            let class = plan.classes().next().expect("one segment");
+            if let Some(slab) = pool.obtain_fast(tenant, class, class.capacity()) {
+                let segment = PooledBuf::assemble(pool, tenant, class, slab, Charged::FROM_STOCK);
+                self.capacity += segment.capacity();
+                self.segments.push(segment);
+                return Ok(());
+            }
         }
-        self.adopt(fresh);
-        Ok(())
-    }
-
-    /// Appends segments just taken.
-    fn adopt(&mut self, fresh: Vec<PooledBuf>) {
-        for segment in fresh {
-            self.capacity += segment.capacity();
-            self.segments.push(segment);
+        // The whole step waits as one request declaring what the chain holds (a body of
+        // known length waits once for all of it); nothing after this await can be cut
+        // short, so a dropped future leaves the chain as it was.
+        let bytes = plan.bytes();
+        let held = self.capacity as u64;
+        let purpose = Purpose::Segments(plan.count() as u64);
+        let charged = pool
+            .charge_wait(tenant, bytes, purpose, held + bytes)
+            .await?;
+        let before = self.segments.len();
+        match self.take_slabs(&pool, tenant, plan, charged) {
+            Ok(()) => {
+                self.capacity += bytes as usize;
+                Ok(())
+            }
+            Err(err) => {
+                self.segments.truncate(before);
+                Err(err)
+            }
         }
     }
 
@@ -644,11 +612,6 @@ impl Segments {
     }
 
     #[inline]
-    fn first(&self) -> Option<&PooledBuf> {
-        self.first.as_ref()
-    }
-
-    #[inline]
     fn get(&self, index: usize) -> Option<&PooledBuf> {
         match index {
             0 => self.first.as_ref(),
@@ -685,44 +648,6 @@ impl Segments {
 
     fn into_iter(self) -> impl Iterator<Item = PooledBuf> {
         self.first.into_iter().chain(self.rest)
-    }
-}
-
-/// The next segment of a waiting chain that holds `held` bytes under the same limits:
-/// charged (waiting if it must, declaring `held`), then its slab taken.
-async fn segment_wait(
-    pool: &PoolRef,
-    tenant: Option<AccountPtr>,
-    class: PoolClass,
-    held: u64,
-) -> Result<PooledBuf, PoolError> {
-    let capacity = class.capacity();
-    if let Some(slab) = pool.obtain_fast(tenant, class, capacity) {
-        let pool = pool.clone();
-        return Ok(PooledBuf::assemble(
-            pool,
-            tenant,
-            class,
-            slab,
-            Charged::FROM_STOCK,
-        ));
-    }
-    let bytes = capacity as u64;
-    let charged = pool
-        .charge_wait(tenant, bytes, Purpose::Buffer, held + bytes)
-        .await?;
-    match pool.take_slab(class) {
-        Ok(slab) => Ok(PooledBuf::assemble(
-            pool.clone(),
-            tenant,
-            class,
-            slab,
-            charged,
-        )),
-        Err(err) => {
-            pool.debit(tenant, bytes, Purpose::Buffer);
-            Err(err)
-        }
     }
 }
 
@@ -767,8 +692,7 @@ impl io::Write for PooledChain {
 // what `chunk_mut` lends before moving that segment's length (whose own `advance_mut`
 // checks it again); 3. new segments come through `try_reserve`, never by moving bytes.
 unsafe impl BufMut for PooledChain {
-    /// `max_request_bytes - len()`: how far the chain may grow (`usize::MAX - len()` while
-    /// it holds no segment and so knows no pool's bound yet).
+    /// `max_request_bytes - len()`: how far the chain may grow.
     #[inline]
     fn remaining_mut(&self) -> usize {
         self.max_request().saturating_sub(self.len)

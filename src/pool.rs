@@ -88,7 +88,7 @@
 use std::fmt;
 use std::sync::OnceLock;
 
-use crate::inner::{Config, PoolRef};
+use crate::inner::{AccountPtr, Config, PoolRef};
 use crate::{BufferPoolSnapshot, OutstandingBuffer, PoolError, PooledBuf, Tenant};
 
 static GLOBAL: OnceLock<BufferPool> = OnceLock::new();
@@ -529,5 +529,12 @@ impl BufferPoolBuilder {
         } else {
             Err(PoolError::GlobalAlreadyInitialized)
         }
+    }
+}
+
+impl BufferPool {
+    /// The pool an untenanted chain charges.
+    pub(crate) fn parts(&self) -> (&PoolRef, Option<AccountPtr>) {
+        (&self.inner, None)
     }
 }

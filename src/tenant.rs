@@ -302,6 +302,12 @@ impl Tenant {
         self.account.guarantee()
     }
 
+    /// The pool and the account a chain of this tenant charges; the handle keeps the
+    /// account alive while it is held.
+    pub(crate) fn parts(&self) -> (&PoolRef, Option<AccountPtr>) {
+        (&self.pool, Some(self.ptr()))
+    }
+
     /// The account as buffers hold it: no reference count.
     fn ptr(&self) -> AccountPtr {
         AccountPtr::new(&self.account)

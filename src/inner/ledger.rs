@@ -77,13 +77,20 @@ pub(crate) enum Purpose {
     Growth,
     /// A reservation (counted in `reserved`, bounded by [`MAX_LIVE`] in all).
     Reservation,
+    /// Several new buffers charged at once (a chain's segments): waits and refusals as
+    /// for one buffer of their summed size, counted as that many outstanding buffers.
+    Segments(u64),
 }
 
 impl Purpose {
     /// Outstanding buffers the charge adds.
     #[inline(always)]
     pub(crate) fn buffers(self) -> u64 {
-        u64::from(self == Purpose::Buffer)
+        match self {
+            Purpose::Buffer => 1,
+            Purpose::Segments(n) => n,
+            Purpose::Growth | Purpose::Reservation => 0,
+        }
     }
 }
 
