@@ -686,11 +686,12 @@ impl io::Write for PooledChain {
     }
 }
 
-// SAFETY: callers of `advance_mut` rely on `chunk_mut` and `remaining_mut` being truthful:
+// Callers of `advance_mut` rely on `chunk_mut` and `remaining_mut` being truthful:
 // 1. `chunk_mut` lends only the spare capacity of the segment being written (through that
 // segment's own `chunk_mut`), cut to `remaining_mut`; 2. `advance_mut` asserts `cnt` fits
 // what `chunk_mut` lends before moving that segment's length (whose own `advance_mut`
 // checks it again); 3. new segments come through `try_reserve`, never by moving bytes.
+// SAFETY: so both are truthful, as `BufMut` requires (1-3).
 unsafe impl BufMut for PooledChain {
     /// `max_request_bytes - len()`: how far the chain may grow.
     #[inline]
