@@ -224,3 +224,19 @@ fn consumers_of_the_global_pool_keep_its_live_bytes_exact() {
     }
     assert_eq!(pool.live_bytes(), before);
 }
+
+#[test]
+fn a_pool_dropped_while_a_consumer_keeps_its_magazine() {
+    // The consumer's drops leave slabs in a magazine of its own (the pool's spare, adopted)
+    // while the pool has a new spare; the pool goes first, the consumer's thread after.
+    // Nothing may leak or be freed twice (Miri checks both).
+    let pool = BufferPool::builder().build();
+    let consumer = Consumer::start();
+    for _ in 0..2 {
+        consumer.drop_batch(batch(|| pool.acquire(SMALL), 6));
+    }
+    assert_at_rest(&pool, 12, "before the pool's drop");
+    assert!(small_idle(&pool) > 0);
+    drop(pool);
+    consumer.exit();
+}

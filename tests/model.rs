@@ -7,22 +7,25 @@
 //! The model shares no code with the crate: it has its own class table, its own free-list,
 //! cache-slot and budget-unit counts, and its own charge rules. It uses the crate's public
 //! names only to read figures. Where DESIGN.md leaves room, it follows what the crate
-//! documents: the thread cache in front of the shared lists (pool.rs, "Thread
-//! caches" and "Caps": 8, 4, 2 and 1 slabs, refill half, spill half, at most one unit kept
-//! beyond the idle slabs), and the shared live figure that bounds reservations (and every charge of a pool
-//! with `max_live_bytes`).
+//! documents: the thread cache in front of the shared lists (pool.rs, "Thread caches" and
+//! "Caps": 8, 4, 2 and 1 slabs, refill half, spill half; src/inner/depot.rs: units of idle
+//! budget reserved half a magazine at a time, at most that many kept beyond the idle
+//! slabs, one once emptied by acquires), the pool's one spare magazine that a thread
+//! without one adopts on its first drop (src/inner/local.rs), and the shared live figure
+//! that bounds reservations (and every charge of a pool with `max_live_bytes`).
 //!
 //! Threads. Most operations run on the test thread, but some run on other threads, one at a
 //! time (the test thread sends the work and waits for the answer, so the sequence stays
 //! deterministic): a persistent *worker* acquires buffers and hands them back, drops objects
 //! it is sent, and exits on demand (`WorkerAcquire`, `WorkerDrop`, `WorkerExit`), and fresh
 //! *stranger* threads drop one object each (`StrangerDrop`). The model gives each thread
-//! that has charged anything its own magazine (`Idle::caches`: the test thread's and the
-//! worker's; a thread that only dropped has none and returns to the shared lists), and a
-//! worker's exit moves its magazine home. Every figure, live ones included, must match at
-//! every rest point. One operation is a race on purpose (`RaceSnapshots`: snapshots taken
-//! while the worker cycles buffers must keep the idle caps and count each slab once); the
-//! model re-synchronises after it.
+//! that has charged anything its own magazine (`Idle::caches`: the test thread's, the
+//! worker's, and a stranger's while it runs); a thread that has none adopts the pool's
+//! spare on its drop if there is one (`Idle::spare`), else returns to the shared lists; a
+//! thread's exit (the worker's, every stranger's) moves its magazine home. Every figure,
+//! live ones included, must match at every rest point. One operation is a race on purpose
+//! (`RaceSnapshots`: snapshots taken while the worker cycles buffers must keep the idle
+//! caps and count each slab once); the model re-synchronises after it.
 //!
 //! Memory is real, so sizes stay cheap: big slabs are allocated but only touched by writes
 //! of at most `fill_max` bytes, and `max_live_bytes` (or, without it, `MAX_BIG`) bounds how
@@ -558,27 +561,35 @@ struct Obj {
 const CACHE_SLOTS: [usize; 4] = [8, 4, 2, 1];
 
 /// The thread an operation runs on. Every thread that has acquired (or reserved, or grown a
-/// buffer) has one magazine for the pool, registered by that first charge; a thread that
-/// only ever dropped has none, and its drops go to the shared lists.
+/// buffer) has one magazine for the pool, registered by that first charge; a thread with
+/// none adopts the pool's spare magazine on the drop that returns a slab, if the pool has
+/// a spare (`Idle::spare`), and keeps it; else its drops go to the shared lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum On {
     /// The test thread: every operation but the worker's and strangers' runs here.
     Main,
     /// The persistent worker thread (a fresh one after `WorkerExit`).
     Worker,
-    /// A fresh thread that only drops one object and exits: never a magazine.
+    /// A fresh thread that only drops one object and exits: a magazine only if it adopts
+    /// the spare, given back at its exit.
     Stranger,
 }
 
 impl On {
-    /// The index of the thread's magazine in `Idle::caches`, if it can have one.
-    fn cache(self) -> Option<usize> {
+    /// The index of the thread's magazine in `Idle::caches`.
+    fn cache(self) -> usize {
         match self {
-            On::Main => Some(0),
-            On::Worker => Some(1),
-            On::Stranger => None,
+            On::Main => 0,
+            On::Worker => 1,
+            On::Stranger => 2,
         }
     }
+}
+
+/// Units a magazine reserves at once for a return, and the most it keeps beyond the slabs
+/// it caches (src/inner/depot.rs, `spare`): half its slots, at least one.
+fn spare_units(k: usize) -> usize {
+    (CACHE_SLOTS[k] / 2).max(1)
 }
 
 /// One thread's magazine: slabs and units of idle budget held, per pooled class.
@@ -586,9 +597,10 @@ impl On {
 struct Cache {
     /// Slabs cached, per class.
     cached: [usize; 4],
-    /// Units held, per class: never fewer than the slabs cached, at most one more (a
-    /// magazine keeps the unit of a slab it hands out, so the next return needs no shared
-    /// atomic), and at most `CACHE_SLOTS`.
+    /// Units held, per class: never fewer than the slabs cached, at most `spare_units` more
+    /// (a return reserves that many at once, and a magazine keeps the unit of a slab it
+    /// hands out, so the next returns need no shared atomic), at most one more when it
+    /// caches none, and at most `CACHE_SLOTS`.
     held: [usize; 4],
 }
 
@@ -602,8 +614,14 @@ struct Idle {
     shared: [u64; 4],
     /// Units taken per pooled class: shared slabs plus units held by the magazines.
     units: [u64; 4],
-    /// The magazines of the main thread and of the worker (`On::cache`), once registered.
-    caches: [Option<Cache>; 2],
+    /// The magazines of the main thread, the worker and the running stranger
+    /// (`On::cache`), once registered or adopted.
+    caches: [Option<Cache>; 3],
+    /// The pool holds a spare magazine, empty, for the next thread without one to adopt on
+    /// a drop. None at first; made by a thread's registration, and by an acquire of a
+    /// pooled class that finds no slab of it in the thread's own magazine (a refill or a
+    /// miss), when there is none; taken by an adoption.
+    spare: bool,
 }
 
 impl Idle {
@@ -667,7 +685,8 @@ impl Model {
             idle: Idle {
                 shared: [0; 4],
                 units: [0; 4],
-                caches: [None; 2],
+                caches: [None; 3],
+                spare: false,
             },
             hits: [0; 4],
             misses: [0; 4],
@@ -691,10 +710,23 @@ impl Model {
         PoolError::TooLarge { requested, max }
     }
 
-    /// The thread's magazine, registered on its first charge.
+    /// The thread's magazine, registered on its first charge (unless it adopted one); a
+    /// registration makes the spare magazine if the pool has none.
     fn register(&mut self, on: On) {
-        if let Some(i) = on.cache() {
-            self.idle.caches[i].get_or_insert_with(Cache::default);
+        let cache = &mut self.idle.caches[on.cache()];
+        if cache.is_none() {
+            *cache = Some(Cache::default());
+            self.idle.spare = true;
+        }
+    }
+
+    /// A thread without a magazine, on the drop that returns a slab (whatever its class):
+    /// it adopts the pool's spare, if there is one.
+    fn adopt(&mut self, on: On) {
+        let cache = &mut self.idle.caches[on.cache()];
+        if cache.is_none() && self.idle.spare {
+            *cache = Some(Cache::default());
+            self.idle.spare = false;
         }
     }
 
@@ -796,13 +828,16 @@ impl Model {
 
     /// One unit of idle budget for `class`, if both caps have room.
     fn reserve_unit(&mut self, class: usize) -> bool {
-        if self.idle.units[class] >= self.s.idle_per_class
-            || self.idle.budget() + CLASS_CAP[class] > self.s.idle_bytes
-        {
-            return false;
-        }
-        self.idle.units[class] += 1;
-        true
+        self.reserve_units(class, 1) == 1
+    }
+
+    /// Up to `want` units of idle budget for `class`: as many as both caps have room for.
+    fn reserve_units(&mut self, class: usize, want: usize) -> usize {
+        let per_class = self.s.idle_per_class.saturating_sub(self.idle.units[class]);
+        let bytes = self.s.idle_bytes.saturating_sub(self.idle.budget()) / CLASS_CAP[class];
+        let got = (want as u64).min(per_class).min(bytes);
+        self.idle.units[class] += got;
+        got as usize
     }
 
     /// A slab from the magazine, else a refill of half its slots from the shared list (one
@@ -812,11 +847,13 @@ impl Model {
         if c.cached[k] > 0 {
             c.cached[k] -= 1;
             self.hits[k] += 1;
-            // At most one unit beyond the idle slabs: the spare units go back.
-            let keep = c.cached[k] + 1;
-            if held > keep {
-                c.held[k] = keep;
-                self.idle.units[k] -= (held - keep) as u64;
+            // Past `spare_units` beyond the idle slabs, or more than one once none is left,
+            // the units beyond one go back: a thread that takes buffers for others to drop
+            // hands their returns the budget half a magazine at a time.
+            let cached = c.cached[k];
+            if held > cached + spare_units(k) || (cached == 0 && held > 1) {
+                c.held[k] = cached + 1;
+                self.idle.units[k] -= (held - (cached + 1)) as u64;
             }
             return true;
         }
@@ -834,7 +871,8 @@ impl Model {
     }
 
     /// A returned slab into the magazine: a spare unit, else (after spilling the upper half
-    /// of a full magazine to the shared list) a newly reserved unit. False: no room.
+    /// of a full magazine to the shared list) newly reserved units, `spare_units` at once
+    /// (fewer where the slots or the caps have no room for more). False: no room for one.
     fn give_cached(&mut self, c: &mut Cache, k: usize) -> bool {
         let mut held = c.held[k];
         if c.cached[k] < held {
@@ -849,31 +887,35 @@ impl Model {
             held = keep;
             c.held[k] = held;
         }
-        if !self.reserve_unit(k) {
+        let got = self.reserve_units(k, spare_units(k).min(CACHE_SLOTS[k] - held));
+        if got == 0 {
             return false;
         }
-        c.held[k] = held + 1;
+        c.held[k] = held + got;
         c.cached[k] += 1;
         true
     }
 
     /// A slab for a buffer taken on thread `on`: a hit (its magazine, then the shared list),
-    /// a miss, or an Oversize allocation.
+    /// a miss, or an Oversize allocation. A pooled slab not found in the thread's own
+    /// magazine makes the spare magazine if the pool has none.
     fn take(&mut self, class: usize, on: On) {
         self.outstanding[class] += 1;
         if class == OVERSIZE {
             self.oversize += 1;
             return;
         }
-        if let Some(i) = on.cache() {
-            if let Some(mut c) = self.idle.caches[i] {
-                let hit = self.take_cached(&mut c, class);
-                self.idle.caches[i] = Some(c);
-                if !hit {
-                    self.misses[class] += 1; // the shared list is empty too
-                }
-                return;
+        let i = on.cache();
+        if self.idle.caches[i].is_none_or(|c| c.cached[class] == 0) {
+            self.idle.spare = true;
+        }
+        if let Some(mut c) = self.idle.caches[i] {
+            let hit = self.take_cached(&mut c, class);
+            self.idle.caches[i] = Some(c);
+            if !hit {
+                self.misses[class] += 1; // the shared list is empty too
             }
+            return;
         }
         if self.idle.shared[class] > 0 {
             self.idle.shared[class] -= 1;
@@ -884,22 +926,23 @@ impl Model {
         }
     }
 
-    /// A slab coming back from a buffer on thread `on`: into its magazine, onto the shared
-    /// list, or freed (discarded) when the caps have no room; Oversize slabs, and slabs not
-    /// of their class's capacity, are always freed.
+    /// A slab coming back from a buffer on thread `on` (which adopts the spare magazine
+    /// first if it has none): into its magazine, onto the shared list, or freed (discarded)
+    /// when the caps have no room; Oversize slabs, and slabs not of their class's capacity,
+    /// are always freed.
     fn release(&mut self, class: usize, cap: u64, on: On) {
+        self.adopt(on);
         self.outstanding[class] -= 1;
         if class == OVERSIZE || cap != CLASS_CAP[class] {
             self.discarded[class] += 1;
             return;
         }
-        if let Some(i) = on.cache() {
-            if let Some(mut c) = self.idle.caches[i] {
-                let given = self.give_cached(&mut c, class);
-                self.idle.caches[i] = Some(c);
-                if given {
-                    return;
-                }
+        let i = on.cache();
+        if let Some(mut c) = self.idle.caches[i] {
+            let given = self.give_cached(&mut c, class);
+            self.idle.caches[i] = Some(c);
+            if given {
+                return;
             }
         }
         if self.reserve_unit(class) {
@@ -1142,11 +1185,12 @@ impl Model {
         freed
     }
 
-    /// The worker thread exits: its magazine comes home. Every slab it caches moves to its
-    /// class's shared list with its unit, its spare units go back to the budget (its hit
-    /// and return counts stay counted). The next worker starts with no magazine.
-    fn retire_worker(&mut self) {
-        let Some(c) = self.idle.caches[1].take() else {
+    /// A thread exits (the worker, a stranger): its magazine comes home. Every slab it
+    /// caches moves to its class's shared list with its unit, its spare units go back to
+    /// the budget (its hit and return counts stay counted). The next thread starts with no
+    /// magazine; the pool's spare stays as it was.
+    fn retire(&mut self, on: On) {
+        let Some(c) = self.idle.caches[on.cache()].take() else {
             return;
         };
         for k in 0..4 {
@@ -1664,6 +1708,9 @@ impl World {
         if let Some((tenant, bytes)) = reservation {
             self.model.unreserve(tenant, bytes);
         }
+        if on == On::Stranger {
+            self.model.retire(On::Stranger); // joined: its thread-locals are gone
+        }
     }
 
     fn apply(&mut self, step: usize, op: &Op) {
@@ -2123,7 +2170,7 @@ impl World {
                 if let Some(worker) = self.worker.take() {
                     worker.exit();
                 }
-                self.model.retire_worker();
+                self.model.retire(On::Worker);
             }
             Op::RaceSnapshots { rounds } => self.race(rounds, ctx),
         }
@@ -2216,8 +2263,11 @@ impl World {
             snap.idle_bytes,
             "{ctx}: trim() after the race"
         );
-        // Re-synchronise: the observed Small deltas, and everything idle freed.
+        // Re-synchronise: the observed Small deltas, and everything idle freed. The pool has
+        // a spare magazine: of each round's 16 acquires at least 8 found none in the
+        // worker's magazine (it holds 8 Small slabs at most), and each of those makes one.
         self.model.register(On::Worker);
+        self.model.idle.spare = true;
         self.model.hits[0] = got.hits[0];
         self.model.misses[0] = got.misses[0];
         self.model.discarded[0] = got.discarded[0];
@@ -2435,8 +2485,9 @@ fn model_walkthrough() {
 }
 
 /// A fixed walk through the thread paths: drops on a thread with no magazine (the test
-/// thread before its first acquire, a stranger, a fresh worker), the worker's magazine
-/// filling, spilling and refilling, a frozen group's handles dropped on three threads, a
+/// thread before its first acquire and a fresh worker, which adopt the spare magazine; a
+/// stranger with no spare left, and one that adopts it), the worker's magazine filling,
+/// spilling and refilling, a frozen group's handles dropped on three threads, a
 /// reservation dropped on the worker, the worker's exit with slabs cached, and the race.
 #[test]
 #[cfg_attr(
@@ -2453,20 +2504,24 @@ fn threads_walkthrough() {
         cycle,
     };
     let ops = vec![
-        // Three buffers from the worker (its magazine registers); the test thread has none
-        // yet, so its drop goes to the shared list, as the stranger's does.
+        // Three buffers from the worker (its magazine registers, and the pool makes its
+        // spare magazine). The test thread has none yet: its drop adopts the spare, whose
+        // first return reserves four units; the stranger finds no spare left, and its drop
+        // goes to the shared list.
         worker_acquire(Some(0), 3, false),
         Op::Drop { target: i(0) },
         Op::StrangerDrop { target: i(0) },
         Op::WorkerDrop { target: i(0), n: 1 },
-        // The test thread's first acquire registers its magazine: a refill from the list.
+        // The test thread's first acquire registers nothing (it has the adopted magazine):
+        // it pops the slab waiting there, and gives back all units but one.
         Op::Acquire {
             tenant: Some(1),
             size: 1,
             fallible: false,
             fresh_handle: false,
         },
-        // Fill, spill and refill the worker's magazine.
+        // Fill, spill and refill the worker's magazine (an acquire that finds it empty
+        // makes a new spare).
         worker_acquire(None, 12, true),
         worker_acquire(Some(2), 10, true),
         // A frozen group: one handle dropped on each thread, the last on the worker.
@@ -2485,7 +2540,8 @@ fn threads_walkthrough() {
             fallible: false,
         },
         Op::WorkerDrop { target: i(0), n: 1 },
-        // The worker exits with slabs cached; a fresh worker has no magazine.
+        // The worker exits with slabs cached; a fresh worker has no magazine, and adopts
+        // the spare on its first drop.
         worker_acquire(Some(0), 2, false),
         Op::WorkerExit,
         Op::WorkerDrop { target: i(0), n: 2 },
@@ -2493,6 +2549,14 @@ fn threads_walkthrough() {
             rounds: if cfg!(miri) { 1 } else { 2 },
         },
         worker_acquire(None, 3, true),
+        // A stranger adopts the spare the race left, and its exit brings the slab home.
+        Op::Acquire {
+            tenant: None,
+            size: 4096,
+            fallible: false,
+            fresh_handle: false,
+        },
+        Op::StrangerDrop { target: i(0) },
         Op::Trim,
         Op::WorkerExit,
     ];

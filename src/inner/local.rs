@@ -3,12 +3,25 @@
 //!
 //! The process-global pool has a slot of its own (one thread-local load, no search);
 //! other pools' magazines are found by pool id in a short per-thread list. Both fast paths
-//! ([`PoolRef::magazine`]) only look: a drop never registers (registering allocates, and a
-//! drop must not), so a thread that only drops buffers has no magazine and its drops take
-//! the slow paths. The first acquire on a thread registers ([`PoolRef::magazine_or_register`]).
+//! ([`PoolRef::magazine`]) only look. The first acquire on a thread registers a new
+//! magazine ([`PoolRef::magazine_or_register`]). The pool keeps one *spare* magazine beside
+//! the registered ones, empty and in no thread's hands: a registration makes it if the pool
+//! has none, and so does an acquire that finds no slab of its class in its own magazine (a
+//! refill or a miss, which a producer whose buffers die elsewhere meets every few
+//! acquires). Both points are on acquire paths, which may allocate; neither depends on the
+//! charge stocks, so when a spare exists is a plain rule (tests/model.rs follows it).
+//!
+//! A thread that only drops (a consumer thread, tokio's blocking pool, a worker that
+//! stole the task) adopts the spare on its first drop ([`PoolRef::magazine_or_adopt`]):
+//! a drop must not allocate (a registration does), so it takes the magazine an acquire
+//! made for it, and its next drops take the fast path, as mimalloc's remote frees land in
+//! a page of the freeing thread's own. Without a spare (another drop-only thread took it
+//! and no acquire made a new one since), its drops take the slow paths. The adopted
+//! magazine is the thread's from then on, as a registered one: its exit gives it back.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::ptr::NonNull;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 
 use super::magazine::Magazine;
@@ -103,9 +116,100 @@ impl PoolRef {
         self.magazine()
     }
 
+    /// The drop's path: this thread's magazine, adopting the pool's spare if the thread has
+    /// none. Allocates nothing but what the first use of a thread-local needs.
+    #[inline]
+    pub(crate) fn magazine_or_adopt(&self) -> Option<&Magazine> {
+        if let Some(mag) = self.magazine() {
+            return Some(mag);
+        }
+        self.adopt()?;
+        self.magazine()
+    }
+
+    /// Makes the pool's spare magazine if it has none (on an acquire path, out of any
+    /// section: it may allocate). One relaxed load when a spare is there.
+    #[inline]
+    pub(crate) fn top_up_spare(&self) {
+        if self.spare_taken.load(Relaxed) {
+            self.make_spare();
+        }
+    }
+
+    #[cold]
+    fn make_spare(&self) {
+        fence::init();
+        let fresh = Arc::new(Magazine::new());
+        let mut spare = self.spare.lock();
+        if spare.is_none() {
+            *spare = Some(fresh);
+            self.spare_taken.store(false, Relaxed);
+        }
+    }
+
+    /// Takes the pool's spare magazine into this thread's entry and the pool's list, or
+    /// `None` (nothing changed) without a spare or when the thread-local storage, or any
+    /// storage, is not to be had.
+    #[cold]
+    #[inline(never)]
+    fn adopt(&self) -> Option<()> {
+        if self.spare_taken.load(Relaxed) {
+            return None;
+        }
+        // The entry is checked first: a thread-local that is gone (the thread is exiting)
+        // must not cost the pool its spare.
+        match &self.owner {
+            None => GLOBAL_LOCAL
+                .try_with(|entry| {
+                    if entry.0.get().is_some() {
+                        return None; // set, yet not found: only while its exit gives it back
+                    }
+                    let magazine = self.take_spare()?;
+                    let ptr = Arc::as_ptr(&magazine);
+                    let _ = entry.0.set(magazine);
+                    GLOBAL_MAGAZINE.with(|mag| mag.set(ptr));
+                    Some(())
+                })
+                .ok()
+                .flatten(),
+            Some(inner) => LOCAL
+                .try_with(|entries| {
+                    let mut entries = entries.try_borrow_mut().ok()?;
+                    entries.try_reserve(1).ok()?;
+                    let magazine = self.take_spare()?;
+                    entries.push(Entry {
+                        pool_id: self.id,
+                        magazine,
+                        pool: Arc::downgrade(inner),
+                    });
+                    Some(())
+                })
+                .ok()
+                .flatten(),
+        }
+    }
+
+    /// The spare, already in the pool's magazine list (so the caller only has to install
+    /// it), or `None`.
+    fn take_spare(&self) -> Option<Arc<Magazine>> {
+        let mut list = self.magazines.lock();
+        list.try_reserve(1).ok()?;
+        let magazine = {
+            // The flag changes only under the spare's lock, so it never says "taken" while
+            // a spare waits (nor the reverse, for long).
+            let mut spare = self.spare.lock();
+            let magazine = spare.take()?;
+            self.spare_taken.store(true, Relaxed);
+            magazine
+        };
+        list.push(Arc::clone(&magazine));
+        Some(magazine)
+    }
+
     #[cold]
     fn register(&self) -> Option<()> {
         fence::init();
+        self.top_up_spare();
         match &self.owner {
             None => GLOBAL_LOCAL
                 .try_with(|entry| {

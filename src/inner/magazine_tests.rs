@@ -129,6 +129,78 @@ mod unit {
     }
 }
 
+/// Issue 19: a thread that only drops adopts the pool's spare magazine on its first drop,
+/// allocating nothing; the next acquire's slow path makes a new spare.
+#[cfg(not(axon_loom))]
+mod adopt {
+    use crate::inner::{Config, PoolRef};
+    use crate::PoolClass;
+
+    const SMALL: usize = 4096;
+
+    fn slab(pool: &PoolRef) -> Vec<u8> {
+        let (slab, charged) = pool.obtain(None, PoolClass::Small, SMALL).unwrap();
+        let _ = charged;
+        slab
+    }
+
+    fn give(pool: &PoolRef, slab: Vec<u8>) {
+        pool.give_back(slab, PoolClass::Small, 0, None, SMALL as u64);
+    }
+
+    #[test]
+    fn a_thread_that_only_drops_adopts_the_spare() {
+        let pool = PoolRef::new(Config::default());
+        let slabs: Vec<_> = (0..4).map(|_| slab(&pool)).collect();
+        let (pool, two) = std::thread::scope(|s| {
+            s.spawn(|| {
+                assert!(pool.magazine().is_none(), "a fresh thread has no magazine");
+                let mut slabs = slabs.into_iter();
+                give(&pool, slabs.next().unwrap());
+                let mag = pool.magazine().expect("the first drop adopted the spare");
+                assert_eq!(mag.idle(0), 1, "its slab went into the adopted magazine");
+                for slab in slabs {
+                    give(&pool, slab);
+                }
+                assert_eq!(mag.idle(0), 4, "the next drops too");
+                assert_eq!(mag.pool_stock(), 4 * SMALL as u64, "and their charges");
+            })
+            .join()
+            .unwrap();
+            // A second drop-only thread finds no spare until an acquire makes one.
+            let one = slab(&pool);
+            let two = slab(&pool);
+            s.spawn(|| {
+                give(&pool, one);
+                assert!(pool.magazine().is_some(), "an acquire made a new spare");
+            })
+            .join()
+            .unwrap();
+            (&pool, two)
+        });
+        assert_eq!(pool.live_bytes(), SMALL as u64);
+        give(pool, two);
+        assert_eq!(pool.live_bytes(), 0);
+    }
+
+    #[test]
+    fn without_a_spare_a_drop_takes_the_slow_path() {
+        let pool = PoolRef::new(Config::default());
+        let slabs: Vec<_> = (0..2).map(|_| slab(&pool)).collect();
+        let [a, b] = <[Vec<u8>; 2]>::try_from(slabs).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| give(&pool, a)).join().unwrap(); // adopts, then exits
+            s.spawn(|| {
+                give(&pool, b); // the spare was taken and no acquire ran since
+                assert!(pool.magazine().is_none());
+            });
+        });
+        assert_eq!(pool.live_bytes(), 0);
+        let snap = pool.snapshot();
+        assert_eq!(snap.idle_slabs[&PoolClass::Small], 2);
+    }
+}
+
 #[cfg(axon_loom)]
 mod loom_tests {
     use super::super::*;

@@ -13,7 +13,8 @@
 //!                      │   charge from the stocks, pop a slab        │   put both back
 //!                      ▼                                              ▼
 //!  local.rs     which magazine? (a thread-local load; registered on a thread's first acquire,
-//!               given back to the pool when the thread exits)
+//!               the pool's spare adopted on a drop-only thread's first drop, given back
+//!               to the pool when the thread exits)
 //!                      │
 //!  magazine.rs  per thread: slab stacks per class, idle units, pool stock, tenant stocks;
 //!               plain loads and stores in a section; `trim`, `snapshot` and the ledger
@@ -49,8 +50,8 @@
 //! figure; a drop debits first and returns the slab second. Each layer has one fast path
 //! (inlined into the caller, no locked instruction) and one slow path (out of line) for
 //! each direction. Locks, in the only order they are taken: the ledger's, the magazine
-//! list's, a free list's; the registry's, the departure queue's and the decay thread's
-//! stand alone. A section takes only a free list's lock.
+//! list's, the spare magazine's (`local.rs`), a free list's; the registry's, the departure
+//! queue's and the decay thread's stand alone. A section takes only a free list's lock.
 
 pub(crate) mod account;
 mod clock;
@@ -95,6 +96,11 @@ pub(crate) struct PoolInner {
     registry: Registry,
     /// Every registered thread's magazine.
     magazines: Mutex<Vec<Arc<Magazine>>>,
+    /// A magazine made by an acquire for the next thread that only drops (`local.rs`).
+    /// Taken after the magazine list's lock, never before.
+    spare: Mutex<Option<Arc<Magazine>>>,
+    /// The spare was taken (`local.rs`): the next acquire's slow path makes another.
+    spare_taken: AtomicBool,
     promotions: AtomicU64,
     /// Coarse milliseconds ([`clock`]) from which the next decay is due (ticker, thread).
     next_decay: AtomicU64,
@@ -199,7 +205,10 @@ impl PoolRef {
     }
 
     /// The slab for a charge just made: from the magazine or the list (a hit), or freshly
-    /// allocated; the charge is given back if the allocator refuses.
+    /// allocated; the charge is given back if the allocator refuses. One that finds no slab
+    /// of its class in its own magazine (a refill, a miss) makes the pool's spare magazine
+    /// if it has none (`local.rs`): a producer whose buffers are dropped on other threads
+    /// empties its magazine every few acquires, so their consumers find a spare soon.
     fn take_charged(
         &self,
         tenant: Option<AccountPtr>,
@@ -210,10 +219,15 @@ impl PoolRef {
         let taken = match class {
             PoolClass::Oversize => None,
             class => {
+                let k = class.index();
                 let section = self.magazine_or_register().and_then(Magazine::enter);
-                let taken = self.depot.take(section.as_deref().copied(), class.index());
+                let own = section.as_ref().is_some_and(|section| section.len(k) > 0);
+                let taken = self.depot.take(section.as_deref().copied(), k);
                 if section.is_some_and(|section| section.tick()) {
                     self.ticked(); // the section ended above
+                }
+                if !own {
+                    self.top_up_spare(); // out of the section: it may allocate
                 }
                 taken
             }
@@ -290,7 +304,7 @@ impl PoolRef {
             slab.resize(exposed.min(slab.capacity()), 0);
         }
         let (wake, discarded) = {
-            let section = self.magazine().and_then(Magazine::enter);
+            let section = self.magazine_or_adopt().and_then(Magazine::enter);
             let mag = section.as_deref().copied();
             let wake = self.ledger.debit(mag, tenant, charged, 1);
             (wake, self.depot.give(mag, class, slab))
@@ -345,12 +359,18 @@ impl PoolRef {
     }
 
     /// A slab of exactly `class.capacity()` bytes, empty, for a promotion: from this
-    /// thread's magazine or the class's list (a hit), or freshly allocated (a miss).
+    /// thread's magazine or the class's list (a hit), or freshly allocated (a miss). Makes
+    /// the spare magazine as [`Self::take_charged`] does.
     pub(crate) fn take_slab(&self, class: PoolClass) -> Result<Vec<u8>, PoolError> {
-        let taken = {
+        let k = class.index();
+        let (taken, own) = {
             let section = self.magazine_or_register().and_then(Magazine::enter);
-            self.depot.take(section.as_deref().copied(), class.index())
+            let own = section.as_ref().is_some_and(|section| section.len(k) > 0);
+            (self.depot.take(section.as_deref().copied(), k), own)
         };
+        if !own {
+            self.top_up_spare();
+        }
         match taken {
             Some(slab) => Ok(slab),
             None => self.depot.allocate(class, class.capacity()),
@@ -393,6 +413,8 @@ impl PoolInner {
                 config.default_tenant_hard_limit,
             ),
             magazines: Mutex::new(Vec::new()),
+            spare: Mutex::new(None),
+            spare_taken: AtomicBool::new(true),
             promotions: AtomicU64::new(0),
             next_decay: AtomicU64::new(0),
             decay_registered: AtomicBool::new(false),
