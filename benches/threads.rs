@@ -26,8 +26,12 @@
 //!   `handoff-*-buf` hands the buffers over unfrozen (the pool without `freeze`'s owner
 //!   box), `box-*` hands over `Bytes::from_owner` of a plain 64-byte owner (the owner box
 //!   alone, no pool), and `raw-*` hands over 64-byte items read on drop (moving the items
-//!   between cores, nothing else). `HANDOFF_SPLIT=1` prints each round's make and drop
-//!   halves.
+//!   between cores, nothing else). B also cycles buffers (the two-cycling arm), so it has a
+//!   magazine of its own after the first round; `dropper-cross` and `dropper-cross-buf`
+//!   hand the same batches to thread C instead, pinned to CPU 1 too, which only ever drops
+//!   (a channel's receiver, tokio's blocking pool) and blocks between batches (outside the
+//!   timed drop), so they measure the consumer that never acquires. `HANDOFF_SPLIT=1`
+//!   prints each round's make and drop halves.
 //!
 //! The two ends poll their channels (spinning briefly, then yielding) instead of
 //! blocking, so that futex wake-ups do not drown the return path in microseconds.
@@ -357,6 +361,26 @@ mod handoff {
         black_box(&buf);
     }
 
+    /// Thread C: drops what it is sent and never acquires; it blocks between batches, so it
+    /// takes no time from B on their shared CPU.
+    fn dropper(jobs: Receiver<Job>, done: Sender<Done>) {
+        pin(1);
+        while let Ok(job) = jobs.recv() {
+            match job {
+                Job::Drop(mut batch) => {
+                    let start = Instant::now();
+                    batch.clear();
+                    let took = start.elapsed();
+                    black_box(&batch);
+                    done.send(Done::Batch(batch, took))
+                        .expect("producer hung up");
+                }
+                Job::Quit => return,
+                Job::Ping(_) | Job::Cycle(_) => unreachable!("C only drops"),
+            }
+        }
+    }
+
     /// Thread B: drops what it is sent, or cycles.
     fn consumer(jobs: Receiver<Job>, done: Sender<Done>) {
         pin(1);
@@ -392,7 +416,7 @@ mod handoff {
         v[v.len() / 2]
     }
 
-    const ARMS: [&str; 12] = [
+    const ARMS: [&str; 14] = [
         "raw-cross",
         "raw-same",
         "box-cross",
@@ -401,6 +425,8 @@ mod handoff {
         "handoff-same",
         "handoff-cross-buf",
         "handoff-same-buf",
+        "dropper-cross",
+        "dropper-cross-buf",
         "cycle",
         "cycle-tenant",
         "floor",
@@ -415,6 +441,11 @@ mod handoff {
         let data = &data[..];
         let (to_b, jobs) = mpsc::channel::<Job>();
         let (to_a, done) = mpsc::channel::<Done>();
+        let (to_c, drops) = mpsc::channel::<Job>();
+        let c = {
+            let to_a = to_a.clone();
+            thread::spawn(move || dropper(drops, to_a))
+        };
         let b = thread::spawn(move || consumer(jobs, to_a));
         let mut floor = Box::new(Page([0; SMALL]));
         let mut batch: Option<Vec<Item>> = Some(Vec::with_capacity(BATCH));
@@ -425,8 +456,14 @@ mod handoff {
         let mut measure = |arm: &str| -> f64 {
             match arm {
                 "handoff-cross" | "handoff-same" | "handoff-cross-buf" | "handoff-same-buf"
-                | "box-cross" | "box-same" | "raw-cross" | "raw-same" => {
+                | "dropper-cross" | "dropper-cross-buf" | "box-cross" | "box-same"
+                | "raw-cross" | "raw-same" => {
                     let cross = arm.contains("-cross");
+                    let to = if arm.starts_with("dropper-") {
+                        &to_c
+                    } else {
+                        &to_b
+                    };
                     let plain = arm.starts_with("box-");
                     let raw = arm.starts_with("raw-");
                     let frozen = !arm.ends_with("-buf");
@@ -453,7 +490,7 @@ mod handoff {
                         }
                         make.push(start.elapsed().as_nanos() as f64);
                         if cross {
-                            to_b.send(Job::Drop(v)).expect("B hung up");
+                            to.send(Job::Drop(v)).expect("B or C hung up");
                         } else {
                             let start = Instant::now();
                             v.clear();
@@ -532,6 +569,8 @@ mod handoff {
         }
         to_b.send(Job::Quit).expect("B hung up");
         b.join().expect("B panicked");
+        to_c.send(Job::Quit).expect("C hung up");
+        c.join().expect("C panicked");
 
         println!(
             "handoff: batches of {BATCH} Small buffers ({BATCHES} a round), cycles of {CYCLES}; \
@@ -553,6 +592,12 @@ mod handoff {
         for (x, y, target) in [
             ("handoff-cross", "handoff-same", "<= 1.5 (issue 19)"),
             ("handoff-cross-buf", "handoff-same-buf", "(no freeze)"),
+            ("dropper-cross", "handoff-same", "(C never acquires)"),
+            (
+                "dropper-cross-buf",
+                "handoff-same-buf",
+                "(C never acquires, no freeze)",
+            ),
             ("box-cross", "box-same", "(no pool: the owner box alone)"),
             ("raw-cross", "raw-same", "(no pool, no allocation)"),
             ("cycle-tenant", "cycle", "<= 1.2"),
