@@ -8,7 +8,7 @@ use axon_buffer::{BufferPool, BytesChain, PoolClass, PoolError, PooledChain};
 use bytes::{Buf, BufMut, Bytes};
 
 mod common;
-use common::{assert_nothing_live, panic_message};
+use common::assert_nothing_live;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -254,32 +254,31 @@ fn a_refused_write_changes_nothing() {
     assert_nothing_live(&pool.snapshot());
 }
 
-/// The infallible writes panic naming the `try_*` form.
-#[test]
-fn buf_mut_panics_name_the_fallible_form() {
+/// A chain of one Small slab at a 4 KiB hard limit: full, so its next write needs a segment
+/// the limit refuses.
+fn full_chain_at_its_limit() -> (BufferPool, PooledChain) {
     let pool = pool();
     let t = pool.tenant("t");
     t.set_hard_limit(Some(4 * KIB as u64));
     let mut chain = t.chain();
     chain.put_slice(&[1; 4 * KIB]);
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        chain.put_slice(b"one more");
-    }))
-    .unwrap_err();
-    let message = panic_message(&*caught);
-    assert!(
-        message.contains("PooledChain::try_extend_from_slice"),
-        "{message}"
-    );
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _ = chain.chunk_mut(); // full: takes a segment
-    }))
-    .unwrap_err();
-    let message = panic_message(&*caught);
-    assert!(message.contains("PooledChain::try_reserve"), "{message}");
-    assert_eq!(chain.len(), 4 * KIB);
-    drop(chain);
-    assert_nothing_live(&pool.snapshot());
+    (pool, chain)
+}
+
+/// The infallible writes panic naming the `try_*` form (`#[should_panic]`, not
+/// `catch_unwind`, so the test also runs under `panic=abort`).
+#[test]
+#[should_panic(expected = "PooledChain::try_extend_from_slice")]
+fn put_slice_past_the_limit_panics_naming_try_extend_from_slice() {
+    let (_pool, mut chain) = full_chain_at_its_limit();
+    chain.put_slice(b"one more");
+}
+
+#[test]
+#[should_panic(expected = "PooledChain::try_reserve")]
+fn chunk_mut_past_the_limit_panics_naming_try_reserve() {
+    let (_pool, mut chain) = full_chain_at_its_limit();
+    let _ = chain.chunk_mut(); // full: takes a segment
 }
 
 #[test]
