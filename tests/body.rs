@@ -17,59 +17,12 @@ use http_body_util::{Full, StreamBody};
 
 mod common;
 use common::assert_nothing_live;
+#[path = "common/bodies.rs"]
+mod bodies;
+use bodies::{chunked, exact, pattern, Exact};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
-
-/// `len` bytes that differ from their neighbours, so a misplaced chunk shows.
-fn pattern(len: usize) -> Bytes {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8)
-        .collect::<Vec<u8>>()
-        .into()
-}
-
-type Frames = stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
-
-/// A chunked upload: `data` in frames of `chunk` bytes (the last may be shorter), no size
-/// hint, as hyper delivers a body sent without `Content-Length`.
-fn chunked(data: &Bytes, chunk: usize) -> StreamBody<Frames> {
-    let frames: Vec<_> = (0..data.len())
-        .step_by(chunk)
-        .map(|at| Ok(Frame::data(data.slice(at..(at + chunk).min(data.len())))))
-        .collect();
-    StreamBody::new(stream::iter(frames))
-}
-
-/// A body with an exact size hint of `hint` bytes over any other body, as hyper gives for a
-/// request with `Content-Length` (delivered in many frames). The hint may lie.
-struct Exact<B> {
-    body: B,
-    hint: u64,
-}
-
-impl<B: Body + Unpin> Body for Exact<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.hint)
-    }
-}
-
-fn exact(data: &Bytes, chunk: usize) -> Exact<StreamBody<Frames>> {
-    Exact {
-        body: chunked(data, chunk),
-        hint: data.len() as u64,
-    }
-}
 
 fn acquisitions(snap: &BufferPoolSnapshot, class: PoolClass) -> u64 {
     snap.pool_hits[&class] + snap.pool_misses[&class]

@@ -4,28 +4,23 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use axon_buffer::{BufferPool, CollectError, PoolClass, PoolError, PooledChain};
 use bytes::Bytes;
 use futures_util::stream;
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use http_body_util::{Full, StreamBody};
 
 mod common;
 use common::assert_nothing_live;
+#[path = "common/bodies.rs"]
+mod bodies;
+use bodies::{chunked, exact, pattern};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
-
-fn pattern(len: usize) -> Bytes {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8)
-        .collect::<Vec<u8>>()
-        .into()
-}
 
 fn pool() -> BufferPool {
     BufferPool::builder()
@@ -41,23 +36,9 @@ fn current_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-type Frames = stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>;
-
-/// `data` in frames of `chunk` bytes, no size hint (a chunked upload).
-fn chunked(data: &Bytes, chunk: usize) -> StreamBody<Frames> {
-    let frames: Vec<_> = (0..data.len())
-        .step_by(chunk)
-        .map(|at| Ok(Frame::data(data.slice(at..(at + chunk).min(data.len())))))
-        .collect();
-    StreamBody::new(stream::iter(frames))
-}
-
 /// `data` in frames of `chunk` bytes, then an error.
-fn failing(data: &Bytes, chunk: usize) -> StreamBody<Frames> {
-    let mut frames: Vec<_> = (0..data.len())
-        .step_by(chunk)
-        .map(|at| Ok(Frame::data(data.slice(at..(at + chunk).min(data.len())))))
-        .collect();
+fn failing(data: &Bytes, chunk: usize) -> StreamBody<bodies::Frames<std::io::Error>> {
+    let mut frames = bodies::frames(data, chunk);
     frames.push(Err(std::io::Error::other("connection reset")));
     StreamBody::new(stream::iter(frames))
 }
@@ -77,29 +58,6 @@ fn slow(data: Bytes, chunk: usize) -> impl Body<Data = Bytes, Error = Infallible
         }
     });
     StreamBody::new(Box::pin(frames))
-}
-
-/// A body with an exact size hint over frames (a `Content-Length` upload).
-struct Exact<B>(B, u64);
-
-impl<B: Body + Unpin> Body for Exact<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().0).poll_frame(cx)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.1)
-    }
-}
-
-fn exact(data: &Bytes, chunk: usize) -> Exact<StreamBody<Frames>> {
-    Exact(chunked(data, chunk), data.len() as u64)
 }
 
 fn flat(chain: PooledChain) -> Vec<u8> {
