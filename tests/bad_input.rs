@@ -652,7 +652,9 @@ impl Read for Snoop {
 
 #[test]
 fn a_reader_that_reads_its_buffer_sees_only_zeros() {
-    let pool = BufferPool::default();
+    // No decay thread: its tick freezes the thread caches for a moment, and an acquire
+    // meanwhile takes a fresh slab instead of alice's (tests/stale_data.rs says more).
+    let pool = BufferPool::builder().idle_decay_thread(false).build();
     let (small_addr, medium_addr) = plant_secrets(&pool);
     let mut buf = pool.tenant("bob").acquire(10);
     assert_eq!(

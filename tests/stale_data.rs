@@ -175,6 +175,18 @@ fn assert_no_secret_visible(mut buf: PooledBuf) {
     assert!(!frozen.contains(&SECRET));
 }
 
+/// A pool without the decay thread. Each test here needs bob to get alice's slab back, and
+/// the thread's tick freezes the thread caches for a moment: an acquire meanwhile cannot
+/// reach its own cache and takes a fresh slab (a miss, by design; nobody waits). Under
+/// valgrind, which runs one thread at a time, a tick once landed between alice's drop and
+/// bob's acquire.
+fn pool(zero_on_release: bool) -> BufferPool {
+    BufferPool::builder()
+        .zero_on_release(zero_on_release)
+        .idle_decay_thread(false)
+        .build()
+}
+
 /// Alice plants the secret in a slab of `class`; bob gets the same slab back.
 fn alice_then_bob(pool: &BufferPool, class: PoolClass, plant: Plant) -> (PooledBuf, usize) {
     let alice = pool.tenant("alice");
@@ -206,7 +218,7 @@ fn classes() -> Vec<PoolClass> {
 fn no_safe_api_shows_another_tenants_bytes() {
     for class in classes() {
         for (path, plant) in plants() {
-            let pool = BufferPool::default();
+            let pool = pool(false);
             let (mut bob, planted) = alice_then_bob(&pool, class, plant);
             // SAFETY: alice initialised the first `planted` bytes of this allocation (`plant`
             // wrote them and `alice_then_bob` asserted bob has the same allocation).
@@ -227,7 +239,7 @@ fn no_safe_api_shows_another_tenants_bytes() {
 fn zero_on_release_scrubs_the_raw_slab_before_reuse() {
     for class in classes() {
         for (path, plant) in plants() {
-            let pool = BufferPool::builder().zero_on_release(true).build();
+            let pool = pool(true);
             let (mut bob, planted) = alice_then_bob(&pool, class, plant);
             // SAFETY: as above: alice initialised the first `planted` bytes of this allocation;
             // zeroing them rewrites them, it does not de-initialise them.
@@ -252,7 +264,7 @@ fn huge_slabs_too() {
     ];
     for zero in [false, true] {
         for (path, plant) in plants().into_iter().filter(|(p, _)| some.contains(p)) {
-            let pool = BufferPool::builder().zero_on_release(zero).build();
+            let pool = pool(zero);
             let (mut bob, planted) = alice_then_bob(&pool, PoolClass::Huge, plant);
             // SAFETY: alice initialised the first `planted` bytes of this allocation.
             let raw = unsafe { raw_head(&mut bob, planted) };
@@ -268,7 +280,7 @@ fn huge_slabs_too() {
 
 #[test]
 fn promotion_into_a_secret_slab_shows_only_the_copied_bytes() {
-    let pool = BufferPool::default();
+    let pool = pool(false);
     let alice = pool.tenant("alice");
     let mut medium = alice.acquire(PoolClass::Medium.capacity());
     medium.extend_from_slice(&vec![SECRET; medium.capacity()]);
@@ -290,7 +302,7 @@ fn promotion_into_a_secret_slab_shows_only_the_copied_bytes() {
 fn extend_with_an_unknown_length_is_scrubbed_when_it_promotes() {
     // Extend<u8> from an iterator that hides its length pushes byte by byte and promotes when
     // the slab is full: the Small slab it leaves behind held the secret.
-    let pool = BufferPool::builder().zero_on_release(true).build();
+    let pool = pool(true);
     let alice = pool.tenant("alice");
     let mut buf = alice.acquire(1);
     let small_addr = buf.as_ptr() as usize;
@@ -313,7 +325,7 @@ fn extend_with_an_unknown_length_is_scrubbed_when_it_promotes() {
     ignore = "checks the state after catch_unwind, which panic=abort cannot do"
 )]
 fn extend_from_an_iterator_that_panics_is_scrubbed() {
-    let pool = BufferPool::builder().zero_on_release(true).build();
+    let pool = pool(true);
     let mut buf = pool.tenant("alice").acquire(1);
     let addr = buf.as_ptr() as usize;
     let mut n = 0;
@@ -340,7 +352,7 @@ fn extend_from_an_iterator_that_panics_is_scrubbed() {
 fn a_lent_chunk_counts_as_exposed_even_if_never_advanced() {
     // A writer may fill a chunk and then fail before advance_mut: those bytes are in the
     // slab, so zero_on_release must scrub them too.
-    let pool = BufferPool::builder().zero_on_release(true).build();
+    let pool = pool(true);
     let mut buf = pool.tenant("alice").acquire(1);
     let addr = buf.as_ptr() as usize;
     let chunk = buf.chunk_mut();
@@ -358,7 +370,7 @@ fn a_lent_chunk_counts_as_exposed_even_if_never_advanced() {
 
 #[test]
 fn into_vec_takes_the_slab_away_and_the_pool_never_sees_it_again() {
-    let pool = BufferPool::builder().zero_on_release(true).build();
+    let pool = pool(true);
     let mut buf = pool.tenant("alice").acquire(1);
     buf.extend_from_slice(&[SECRET; 100]);
     let vec = buf.into_vec();
