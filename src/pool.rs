@@ -11,8 +11,9 @@
 //!   doubling alone would pass a limit's room (or a body's `max`): then it takes what it
 //!   needs.
 //! * **Magazines** (`inner/magazine.rs`, Bonwick and Adams' per-CPU magazines, per thread
-//!   here). Each thread keeps, per pool, a stack of up to 8 Small, 4 Medium, 2 Large and
-//!   1 Huge slab, and stocks of bytes prepaid to the pool and to up to 4 tenants. Its
+//!   here). Each thread keeps, per pool, a stack of up to 8 Small and 4 Medium slabs
+//!   (Large and Huge slabs wait on the shared lists only, where every thread reaches
+//!   them), and stocks of bytes prepaid to the pool and to up to 4 tenants. Its
 //!   thread works on it with plain loads and stores: a section is a store, a compiler
 //!   fence and a load to enter, a store to leave. `trim`, `snapshot`, the ledger (taking
 //!   stocks back) and pool drop *freeze* every magazine with one asymmetric fence

@@ -8,7 +8,7 @@
 //! cache-slot and budget-unit counts, and its own charge rules. It uses the crate's public
 //! names only to read figures. Where DESIGN.md leaves room, it follows what the crate
 //! documents: the thread cache in front of the shared lists (pool.rs, "Thread caches" and
-//! "Caps": 8, 4, 2 and 1 slabs, refill half, spill half; src/inner/depot.rs: units of idle
+//! "Caps": 8 Small and 4 Medium slabs, none of the bigger classes, refill half, spill half; src/inner/depot.rs: units of idle
 //! budget reserved half a magazine at a time, at most that many kept beyond the idle
 //! slabs, one once emptied by acquires), the pool's one spare magazine that a thread
 //! without one adopts on its first drop (src/inner/local.rs), and the shared live figure
@@ -556,9 +556,10 @@ struct Obj {
     refs: u32,
 }
 
-/// A thread's magazine: its cache of slabs of every pooled class, in front of the shared
-/// lists (pool.rs: "each thread keeps up to 8 Small, 4 Medium, 2 Large and 1 Huge slab").
-const CACHE_SLOTS: [usize; 4] = [8, 4, 2, 1];
+/// A thread's magazine: its cache of Small and Medium slabs in front of the shared lists
+/// (pool.rs: "each thread keeps up to 8 Small and 4 Medium slabs"); Large and Huge slabs
+/// wait on the shared lists only.
+const CACHE_SLOTS: [usize; 4] = [8, 4, 0, 0];
 
 /// The thread an operation runs on. Every thread that has acquired (or reserved, or grown a
 /// buffer) has one magazine for the pool, registered by that first charge; a thread with
@@ -909,7 +910,7 @@ impl Model {
         if self.idle.caches[i].is_none_or(|c| c.cached[class] == 0) {
             self.idle.spare = true;
         }
-        if let Some(mut c) = self.idle.caches[i] {
+        if let Some(mut c) = self.idle.caches[i].filter(|_| CACHE_SLOTS[class] > 0) {
             let hit = self.take_cached(&mut c, class);
             self.idle.caches[i] = Some(c);
             if !hit {
@@ -938,7 +939,7 @@ impl Model {
             return;
         }
         let i = on.cache();
-        if let Some(mut c) = self.idle.caches[i] {
+        if let Some(mut c) = self.idle.caches[i].filter(|_| CACHE_SLOTS[class] > 0) {
             let given = self.give_cached(&mut c, class);
             self.idle.caches[i] = Some(c);
             if given {

@@ -4,7 +4,9 @@
 //! A slab is *idle* on a free list or in a magazine. Both caps (`max_idle_per_class`,
 //! `max_idle_bytes`) are kept on *units* of idle budget: one per slab on a list, and per
 //! magazine one per slab it holds plus at most [`spare`] more (half its rounds, at least
-//! one; a magazine emptied by acquires keeps one). Units are reserved before a slab goes
+//! one; a magazine emptied by acquires keeps one). Large and Huge slabs wait on the lists
+//! only ([`cached`](super::magazine::cached) says why): every thread reaches them, and
+//! no magazine holds their budget. Units are reserved before a slab goes
 //! idle and move with slabs between lists and magazines, so idle memory never passes
 //! either cap, even for a moment. Spare units count against the caps like the others
 //! (DESIGN.md: a thread cache may hold budget reserved from the shared cap), so a slab
@@ -49,13 +51,13 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::clock;
-use super::magazine::{Exclusive, Magazine, ROUNDS};
+use super::magazine::{cached, Exclusive, Magazine, ROUNDS};
 use crate::{PoolClass, PoolError};
 
 mod reclaim;
 
 /// The most idle-budget units a magazine holds for class index `k` beyond its slabs: half
-/// its rounds, at least one (see the module docs).
+/// its rounds, at least one; none for a class it does not cache (see the module docs).
 #[inline(always)]
 pub(crate) fn spare(k: usize) -> usize {
     SPARE[k]
@@ -66,7 +68,13 @@ const SPARE: [usize; 4] = {
     let mut spare = [0; 4];
     let mut k = 0;
     while k < 4 {
-        spare[k] = if ROUNDS[k] / 2 > 1 { ROUNDS[k] / 2 } else { 1 };
+        spare[k] = if ROUNDS[k] == 0 {
+            0
+        } else if ROUNDS[k] / 2 > 1 {
+            ROUNDS[k] / 2
+        } else {
+            1
+        };
         k += 1;
     }
     spare
@@ -178,7 +186,7 @@ impl Depot {
     /// The slow path: with a magazine, refill it from the list (one lock) and take one;
     /// without, pop the list. `None`: the class has no idle slab, the caller allocates.
     pub(crate) fn take(&self, mag: Option<Exclusive<'_>>, k: usize) -> Option<Vec<u8>> {
-        if let Some(mag) = mag {
+        if let Some(mag) = mag.filter(|_| cached(k)) {
             return self.take_fast(mag, k).or_else(|| self.refill(mag, k));
         }
         let (slab, _) = {
@@ -293,7 +301,7 @@ impl Depot {
             return Some(slab);
         }
         slab.clear();
-        if let Some(mag) = mag {
+        if let Some(mag) = mag.filter(|_| cached(k)) {
             match self
                 .give_fast(mag, k, slab)
                 .or_else(|slab| self.give_spilling(mag, k, slab))

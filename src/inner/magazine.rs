@@ -64,9 +64,23 @@ use super::account::TenantAccount;
 use super::fence;
 use crate::PoolClass;
 
-/// How many slabs of each pooled class (in index order) a magazine holds: at most 32 KiB,
-/// 256 KiB, 2 MiB and 10 MiB per thread.
-pub(crate) const ROUNDS: [usize; 4] = [8, 4, 2, 1];
+/// How many slabs of each pooled class (in index order) a magazine holds: at most 32 KiB
+/// and 256 KiB per thread. Large and Huge slabs are never cached per thread (see
+/// [`cached`]).
+pub(crate) const ROUNDS: [usize; 4] = [8, 4, 0, 0];
+
+/// Whether class index `k` has a per-thread cache. Large and Huge do not: a buffer of 1 MiB
+/// or more is written for far longer than the shared list's lock costs, while a slab
+/// cached on one thread is out of reach of another thread's acquire (which allocates and
+/// faults in a fresh one) and holds idle budget that other threads' returns then lack.
+/// Measured in the noisy-neighbour scenario with `max_idle_bytes` 24 MiB (`scripts/noisy.sh`,
+/// 8 s of flood): with one Huge and two Large rounds per thread, 367 of 1 084 Huge acquires
+/// were fresh allocations and 366 returns were discarded, and their page faults were most
+/// of the server's system time.
+#[inline(always)]
+pub(crate) const fn cached(k: usize) -> bool {
+    ROUNDS[k] > 0
+}
 /// The most rounds any class has.
 const MAX_ROUNDS: usize = 8;
 
