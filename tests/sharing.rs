@@ -20,10 +20,15 @@ fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     Pin::new(fut).poll(&mut Context::from_waker(Waker::noop()))
 }
 
-/// Polls once and expects the buffer.
+/// Expects the buffer: a waiter granted its charge yields once (its first poll after the
+/// grant wakes itself and returns `Pending`), so it gets up to two polls.
 #[track_caller]
 fn ready<F: Future<Output = Result<PooledBuf, PoolError>> + Unpin>(fut: &mut F) -> PooledBuf {
-    match poll_once(fut) {
+    let polled = match poll_once(fut) {
+        Poll::Pending => poll_once(fut),
+        ready => ready,
+    };
+    match polled {
         Poll::Ready(result) => result.expect("served"),
         Poll::Pending => panic!("expected the waiter to be served"),
     }

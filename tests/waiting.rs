@@ -244,6 +244,105 @@ fn a_dropped_future_charges_nothing_and_hands_its_turn_on() {
     drop(tenant.try_acquire(4 * KIB).unwrap());
 }
 
+/// A waker that counts its wakes.
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Counting {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A waiter granted its charge by a drop yields once (wakes itself, `Pending`) before it
+/// returns; dropped while it yields, it charges nothing and hands its turn on.
+#[test]
+fn a_granted_waiter_yields_once_and_a_drop_then_charges_nothing() {
+    let (pool, tenant) = capped(4 * KIB);
+    let counting = Arc::new(Counting(Default::default()));
+    let waker = Waker::from(Arc::clone(&counting));
+    let mut cx = Context::from_waker(&waker);
+    let wakes = || counting.0.load(std::sync::atomic::Ordering::Relaxed);
+
+    for give_up in [false, true] {
+        let held = tenant.acquire(1);
+        let mut waiter = Box::pin(tenant.acquire_wait(1));
+        assert!(waiter.as_mut().poll(&mut cx).is_pending());
+        let before = wakes();
+        drop(held); // serves the waiter: its waker is woken
+        assert_eq!(wakes(), before + 1);
+        assert_eq!(tenant.live_bytes(), 4 * KIB as u64, "charged on its behalf");
+        // The first poll after the grant yields: it wakes itself and returns Pending.
+        assert!(waiter.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(wakes(), before + 2, "the yield wakes its own task");
+        if give_up {
+            let behind = tenant.acquire_wait(1);
+            let mut behind = pin!(behind);
+            assert!(behind.as_mut().poll(&mut cx).is_pending());
+            drop(waiter); // granted, yielded, never taken: the charge goes to the next
+            assert_eq!(
+                tenant.live_bytes(),
+                4 * KIB as u64,
+                "the one behind was served"
+            );
+            let buf = loop {
+                if let Poll::Ready(buf) = behind.as_mut().poll(&mut cx) {
+                    break buf.unwrap();
+                }
+            };
+            drop(buf);
+        } else {
+            let Poll::Ready(buf) = waiter.as_mut().poll(&mut cx) else {
+                panic!("the second poll after the grant returns the buffer");
+            };
+            assert_eq!(buf.unwrap().capacity(), 4 * KIB);
+        }
+        assert_nothing_live(&pool.snapshot());
+        assert_eq!(pool.snapshot().waiters, 0);
+    }
+}
+
+/// Why the yield: on tokio's multi-thread runtime a task woken by the running task goes
+/// to the worker's LIFO slot and runs next, ahead of tasks that were ready before. A
+/// waiter served by a drop no longer cuts in front of them (the noisy-neighbour issue:
+/// a flood's uploads served by drops kept running before a quiet tenant's requests).
+#[test]
+fn a_waiter_served_by_a_drop_runs_after_tasks_that_were_ready_before() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let (pool, tenant) = capped(4 * KIB);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let driver = rt.spawn({
+        let order = Arc::clone(&order);
+        async move {
+            let held = tenant.acquire(1);
+            let waiter = tokio::spawn({
+                let (tenant, order) = (tenant.clone(), Arc::clone(&order));
+                async move {
+                    let buf = tenant.acquire_wait(1).await.unwrap();
+                    order.lock().unwrap().push("waiter");
+                    drop(buf);
+                }
+            });
+            settle().await; // the waiter queues
+            let ready = tokio::spawn({
+                let order = Arc::clone(&order);
+                async move { order.lock().unwrap().push("ready before") }
+            });
+            drop(held); // wakes the waiter from this worker's running task
+            (waiter, ready)
+        }
+    });
+    let (waiter, ready) = rt.block_on(driver).unwrap();
+    rt.block_on(async { (waiter.await.unwrap(), ready.await.unwrap()) });
+    assert_eq!(*order.lock().unwrap(), ["ready before", "waiter"]);
+    assert_nothing_live(&pool.snapshot());
+}
+
 #[test]
 fn composes_with_tokio_timeout() {
     let (pool, tenant) = capped(4 * KIB);
@@ -274,7 +373,9 @@ fn reserve_wait_and_growth_wait_for_room() {
         let mut second = Box::pin(tenant.reserve_wait(1));
         assert!(poll_once(&mut second).is_pending());
         drop(reserved);
-        // The growth was first in line: served; the reservation waits for room after it.
+        // The growth was first in line: served (its first poll yields once); the
+        // reservation waits for room after it.
+        assert!(poll_once(&mut grow).is_pending());
         assert_eq!(poll_once(&mut grow), Poll::Ready(Ok(())));
         drop(grow);
         assert_eq!(buf.capacity(), 64 * KIB);
