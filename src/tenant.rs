@@ -110,6 +110,11 @@ impl Tenant {
     /// `futures::executor`, smol), and composes with `tokio::time::timeout`: dropped at any
     /// point, it has charged nothing and its turn goes to the next waiter.
     ///
+    /// A waiter that another task's drop served yields once before it returns (its first
+    /// poll after the grant wakes its own task and returns `Pending`), so that on tokio it
+    /// runs after the tasks that were ready before it rather than next. A timeout that
+    /// fires in that moment still wins: the grant goes to the next waiter.
+    ///
     /// With nobody waiting, the cost is that of [`acquire`](Self::acquire).
     ///
     /// # Errors

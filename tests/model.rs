@@ -588,9 +588,13 @@ impl On {
 }
 
 /// Units a magazine reserves at once for a return, and the most it keeps beyond the slabs
-/// it caches (src/inner/depot.rs, `spare`): half its slots, at least one.
+/// it caches (src/inner/depot.rs, `spare`): half its slots, at least one; none for a class
+/// it does not cache.
 fn spare_units(k: usize) -> usize {
-    (CACHE_SLOTS[k] / 2).max(1)
+    match CACHE_SLOTS[k] {
+        0 => 0, // not cached
+        slots => (slots / 2).max(1),
+    }
 }
 
 /// One thread's magazine: slabs and units of idle budget held, per pooled class.

@@ -20,6 +20,12 @@ fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     Pin::new(fut).poll(&mut Context::from_waker(Waker::noop()))
 }
 
+/// Whether a waiter still waits: two polls, both `Pending`. (A granted waiter's first poll
+/// after the grant returns `Pending` too, once: it yields; the second would be `Ready`.)
+fn still_waits<F: Future + Unpin>(fut: &mut F) -> bool {
+    poll_once(fut).is_pending() && poll_once(fut).is_pending()
+}
+
 /// Expects the buffer: a waiter granted its charge yields once (its first poll after the
 /// grant wakes itself and returns `Pending`), so it gets up to two polls.
 #[track_caller]
@@ -45,23 +51,20 @@ fn the_waiting_tenant_that_holds_least_is_served_first() {
     let filler = pool.acquire(64 * KIB); // the pool is full: 1 MiB
     let mut heavy_wait = Box::pin(heavy.acquire_wait(64 * KIB));
     let mut light_wait = Box::pin(light.acquire_wait(64 * KIB));
-    assert!(poll_once(&mut heavy_wait).is_pending());
-    assert!(poll_once(&mut light_wait).is_pending());
+    assert!(still_waits(&mut heavy_wait));
+    assert!(still_waits(&mut light_wait));
     assert_eq!(pool.snapshot().waiters, 2);
 
     drop(filler); // room for one
     let light_buf = ready(&mut light_wait);
-    assert!(
-        poll_once(&mut heavy_wait).is_pending(),
-        "holds 14x more: after"
-    );
+    assert!(still_waits(&mut heavy_wait), "holds 14x more: after");
     drop(light_held); // room for the next
     let heavy_buf = ready(&mut heavy_wait);
 
     // A try of a tenant that holds more than every waiter ahead is refused while they
     // wait; one that holds less is not held up by them.
     let mut again = Box::pin(heavy.reserve_wait(128 * KIB as u64));
-    assert!(poll_once(&mut again).is_pending());
+    assert!(still_waits(&mut again));
     assert!(
         matches!(
             pool.tenant("third").try_acquire(4 * KIB),
@@ -70,7 +73,7 @@ fn the_waiting_tenant_that_holds_least_is_served_first() {
         "the pool is full"
     );
     drop(light_buf); // 64 KiB free: too little for the heavy waiter
-    assert!(poll_once(&mut again).is_pending());
+    assert!(still_waits(&mut again));
     let third = pool.tenant("third").try_acquire(4 * KIB);
     assert!(
         third.is_ok(),
@@ -92,7 +95,7 @@ fn a_large_request_is_not_starved_by_small_ones() {
     let mut held: Vec<_> = (0..16).map(|_| flood.acquire(64 * KIB)).collect();
     let big_tenant = pool.tenant("big");
     let mut big = Box::pin(big_tenant.acquire_wait(MIB)); // a whole Large slab
-    assert!(poll_once(&mut big).is_pending());
+    assert!(still_waits(&mut big));
     let small = pool.tenant("small");
     let mut smalls = Vec::new();
     for round in 0..16 {
@@ -102,20 +105,17 @@ fn a_large_request_is_not_starved_by_small_ones() {
         assert!(flood.try_acquire(64 * KIB).is_err(), "round {round}");
         let mut s = Box::pin(small.acquire_wait(4 * KIB));
         if round == 0 {
-            assert!(
-                poll_once(&mut s).is_pending(),
-                "ranks with big, arrived later"
-            );
+            assert!(still_waits(&mut s), "ranks with big, arrived later");
         }
         smalls.push(s);
         if round < 15 {
-            assert!(poll_once(&mut big).is_pending(), "round {round}");
+            assert!(still_waits(&mut big), "round {round}");
         }
     }
     let big_buf = ready(&mut big);
     assert_eq!(big_buf.capacity(), MIB);
     for s in &mut smalls {
-        assert!(poll_once(s).is_pending(), "big holds the whole budget");
+        assert!(still_waits(s), "big holds the whole budget");
     }
     drop(big_buf);
     // Now the small requests go, in their tenant's order.
@@ -178,9 +178,9 @@ fn a_guarantee_is_room_only_its_tenant_uses() {
     );
     assert!(refused.waiting_helps());
     let mut flood_wait = Box::pin(flood.acquire_wait(64 * KIB));
-    assert!(poll_once(&mut flood_wait).is_pending());
+    assert!(still_waits(&mut flood_wait));
     let mut untenanted = Box::pin(pool.acquire_wait(64 * KIB));
-    assert!(poll_once(&mut untenanted).is_pending());
+    assert!(still_waits(&mut untenanted));
 
     // Within its guarantee: at once, both forms, though others wait for the budget.
     let a = quiet.try_acquire(64 * KIB).unwrap();
@@ -205,7 +205,7 @@ fn a_guarantee_is_room_only_its_tenant_uses() {
     // A guarantee that grows under a waiter makes it impossible: it fails at once.
     drop((a, b, c));
     let mut big = Box::pin(flood.reserve_wait(700 * KIB as u64));
-    assert!(poll_once(&mut big).is_pending());
+    assert!(still_waits(&mut big));
     pool.tenant("quiet")
         .set_guarantee(Some(400 * KIB as u64))
         .unwrap();

@@ -183,8 +183,9 @@ impl Depot {
         self.release_units(k, held - keep);
     }
 
-    /// The slow path: with a magazine, refill it from the list (one lock) and take one;
-    /// without, pop the list. `None`: the class has no idle slab, the caller allocates.
+    /// The slow path: with a magazine and a class it caches, refill it from the list (one
+    /// lock) and take one; otherwise pop the list. `None`: the class has no idle slab, the
+    /// caller allocates.
     pub(crate) fn take(&self, mag: Option<Exclusive<'_>>, k: usize) -> Option<Vec<u8>> {
         if let Some(mag) = mag.filter(|_| cached(k)) {
             return self.take_fast(mag, k).or_else(|| self.refill(mag, k));

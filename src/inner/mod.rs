@@ -206,7 +206,8 @@ impl PoolRef {
 
     /// The slab for a charge just made: from the magazine or the list (a hit), or freshly
     /// allocated; the charge is given back if the allocator refuses. One that finds no slab
-    /// of its class in its own magazine (a refill, a miss) makes the pool's spare magazine
+    /// of its class in its own magazine (a refill, a miss, or a Large or Huge slab, which
+    /// magazines never cache) makes the pool's spare magazine
     /// if it has none (`local.rs`): a producer whose buffers are dropped on other threads
     /// empties its magazine every few acquires, so their consumers find a spare soon.
     fn take_charged(
