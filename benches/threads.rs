@@ -367,18 +367,21 @@ mod handoff {
         pin(1);
         while let Ok(job) = jobs.recv() {
             match job {
-                Job::Drop(mut batch) => {
-                    let start = Instant::now();
-                    batch.clear();
-                    let took = start.elapsed();
-                    black_box(&batch);
-                    done.send(Done::Batch(batch, took))
-                        .expect("producer hung up");
-                }
+                Job::Drop(batch) => drop_batch(batch, &done),
                 Job::Quit => return,
                 Job::Ping(_) | Job::Cycle(_) => unreachable!("C only drops"),
             }
         }
+    }
+
+    /// Drops a batch's buffers, timed, and sends the emptied batch back with the time.
+    fn drop_batch(mut batch: Vec<Item>, done: &Sender<Done>) {
+        let start = Instant::now();
+        batch.clear();
+        let took = start.elapsed();
+        black_box(&batch);
+        done.send(Done::Batch(batch, took))
+            .expect("producer hung up");
     }
 
     /// Thread B: drops what it is sent, or cycles.
@@ -388,14 +391,7 @@ mod handoff {
         let data = [7u8; WRITE];
         loop {
             match recv(&jobs) {
-                Job::Drop(mut batch) => {
-                    let start = Instant::now();
-                    batch.clear();
-                    let took = start.elapsed();
-                    black_box(&batch);
-                    done.send(Done::Batch(batch, took))
-                        .expect("producer hung up");
-                }
+                Job::Drop(batch) => drop_batch(batch, &done),
                 Job::Ping(batch) => {
                     done.send(Done::Batch(batch, Duration::ZERO))
                         .expect("hung up");
