@@ -8,7 +8,7 @@ use std::mem::ManuallyDrop;
 use std::num::NonZeroU64;
 use std::ops::{Deref, DerefMut};
 
-use crate::inner::{AccountPtr, Charged, PoolRef, Purpose};
+use crate::inner::{AccountPtr, Caps, Charged, PoolRef, Purpose};
 use crate::{PoolClass, PoolError};
 
 /// A byte buffer on loan from a [`BufferPool`](crate::BufferPool): write into it, read it
@@ -60,6 +60,9 @@ pub struct PooledBuf {
     pool: PoolRef,
     /// The leak tracker's record of this buffer, when it was sampled.
     tracked: Option<NonZeroU64>,
+    /// The idle caps its slab returns under: both for a buffer, the byte cap alone for a
+    /// chain's segment.
+    caps: Caps,
 }
 
 impl PooledBuf {
@@ -127,7 +130,15 @@ impl PooledBuf {
             tenant,
             pool,
             tracked,
+            caps: Caps::Both,
         }
+    }
+
+    /// A chain's segment: its slab returns under the byte cap alone (`Caps` says why).
+    #[inline]
+    pub(crate) fn into_segment(mut self) -> PooledBuf {
+        self.caps = Caps::Bytes;
+        self
     }
 
     /// The size class of the slab this buffer holds now (it changes when a write promotes it).
@@ -592,8 +603,14 @@ impl Drop for PooledBuf {
         // SAFETY: a buffer is always charged (a slab's capacity is at least 4 KiB), so
         // `charged` is 0 only after `into_vec` took the slab; this is the other, last take.
         let slab = unsafe { ManuallyDrop::take(&mut self.slab) };
-        self.pool
-            .give_back(slab, self.class, self.exposed, self.tenant, self.charged);
+        self.pool.give_back(
+            slab,
+            self.class,
+            self.exposed,
+            self.tenant,
+            self.charged,
+            self.caps,
+        );
         if self.tracked.is_some() {
             self.untrack();
         }

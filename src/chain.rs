@@ -38,13 +38,14 @@
 //!   slabs come back warm: 0 page faults a round). Capping known lengths at Large slabs
 //!   (41 segments) measured the same as Huge ones, so the rule keeps Huge: fewer segments,
 //!   fewer owner boxes at `freeze`, and fewer slabs against `max_idle_per_class`.
-//! - The idle cap of 64 slabs a class: a 12 or 41 MiB chunked body holds 192 or 656 Medium
-//!   segments, so all but 64 are freed on return. A pool keeping 1024 idle slabs a class
-//!   measured 0.93-1.31x the default's time (no gain): a freed Medium slab keeps its pages
-//!   (only Large and Huge slabs give theirs back) and the allocator hands it out again
-//!   warm. So segments are kept by the existing caps (`max_idle_per_class`,
-//!   `max_idle_bytes`), and bodies with a length, whose size hint picks big segments,
-//!   stay well under them.
+//! - The idle cap of 64 slabs a class, set for whole slabs: a 12 or 41 MiB chunked body
+//!   holds 192 or 656 Medium segments, and under it all but 64 were freed on every
+//!   return. In a warm benchmark process glibc handed them out again warm, but in a fresh
+//!   one (its trim threshold still 128 KiB) it trimmed its heap each time and the next
+//!   body faulted every page in again: a 12 MiB chunked body took 3.2 ms against 0.92 ms
+//!   for `BytesMut`, 2 000 page faults a body. So segments return under `max_idle_bytes`
+//!   alone (`max_idle_per_class` still caps whole buffers): 0.91 ms, no fault. Bodies
+//!   with a length, whose size hint picks big segments, stay well under either cap.
 //! - Fixed small carriers (the AWS S3 transfer manager's 64 KiB parts, ScyllaDB's 128 KiB
 //!   fragments) are what a chain of unknown length uses (Medium slabs): they keep the
 //!   charge within 64 KiB of the payload, which fragments growing by 1.5x (Redpanda's
@@ -628,7 +629,10 @@ impl Segments {
     }
 
     #[inline]
+    /// Appends a segment, which from now on returns under the byte cap alone
+    /// ([`PooledBuf::into_segment`]).
     fn push(&mut self, segment: PooledBuf) {
+        let segment = segment.into_segment();
         match self.first {
             None => self.first = Some(segment),
             Some(_) => self.rest.push(segment),

@@ -387,8 +387,15 @@ impl BufferPoolBuilder {
         self
     }
 
-    /// Most slabs kept idle per class; a slab returned to a full list is freed and counted
-    /// in `discarded_total`. Default 64.
+    /// Most slabs kept idle per class; a slab a buffer returns to a full list is freed and
+    /// counted in `discarded_total`. Default 64.
+    ///
+    /// A [`PooledChain`](crate::PooledChain)'s segments return under
+    /// [`max_idle_bytes`](Self::max_idle_bytes) alone: a chunked body grows by Medium
+    /// segments (192 for 12 MiB), and a count set for whole slabs would free most of them on
+    /// every return, only for the next body to allocate them again. So a class may hold
+    /// more idle slabs than this after a chain returned; buffers returned meanwhile are
+    /// freed until it is back under the count.
     pub fn max_idle_per_class(mut self, slabs: usize) -> Self {
         self.config.max_idle_per_class = slabs;
         self

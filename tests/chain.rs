@@ -200,6 +200,75 @@ fn past_ten_mib_no_oversize_and_the_segments_go_back() {
     assert_eq!(snap.idle_bytes, 41 * MIB as u64);
 }
 
+/// A chunked body grows by Medium segments, past the 64 idle slabs a class keeps of whole
+/// buffers: the segments come back under the byte cap alone, so the next body of the
+/// same size takes every segment from the pool (before: 64 kept, the rest freed and
+/// allocated again, each refaulting its pages once glibc had trimmed its heap).
+#[test]
+fn a_chunked_chain_past_the_count_cap_comes_back_whole() {
+    let segments = if cfg!(miri) { 70 } else { 192 }; // 12 MiB: more than 64 either way
+    let pool = pool();
+    let frame = vec![5u8; 16 * KIB];
+    let body = |pool: &BufferPool| {
+        let mut chain = pool.chain();
+        for _ in 0..segments * 4 {
+            chain.try_extend_from_slice(&frame).unwrap();
+        }
+        assert_eq!(chain.segments(), segments);
+        chain.freeze()
+    };
+    drop(body(&pool));
+    let first = pool.snapshot();
+    assert_nothing_live(&first);
+    assert_eq!(first.idle_slabs[&PoolClass::Medium], segments as u64);
+    assert_eq!(first.discarded_total[&PoolClass::Medium], 0);
+    drop(body(&pool));
+    let second = pool.snapshot();
+    assert_eq!(
+        second.pool_misses[&PoolClass::Medium],
+        first.pool_misses[&PoolClass::Medium]
+    );
+    assert_eq!(second.discarded_total[&PoolClass::Medium], 0);
+    assert_eq!(second.idle_slabs[&PoolClass::Medium], segments as u64);
+}
+
+/// The byte cap still holds for segments, and whole buffers keep the count cap: a Medium
+/// buffer returned while segments fill the list past 64 is freed, though bytes have room.
+#[test]
+fn segments_keep_the_byte_cap_and_buffers_the_count_cap() {
+    let medium = 64 * KIB;
+    let pool = BufferPool::builder()
+        .idle_decay_thread(false)
+        .idle_timeout(None)
+        .max_idle_bytes(100 * medium as u64)
+        .build();
+    let chain_of = |segments: usize| {
+        let mut chain = pool.chain();
+        for _ in 0..segments {
+            chain.try_extend_from_slice(&vec![1u8; medium]).unwrap();
+        }
+        assert_eq!(chain.segments(), segments);
+        chain
+    };
+    let chain = chain_of(80);
+    let buffer = pool.acquire(medium);
+    drop(chain);
+    let snap = pool.snapshot();
+    assert_eq!(snap.idle_slabs[&PoolClass::Medium], 80);
+    assert_eq!(snap.discarded_total[&PoolClass::Medium], 0);
+    drop(buffer); // 80 idle: past the count cap, within the byte cap
+    let snap = pool.snapshot();
+    assert_eq!(snap.idle_slabs[&PoolClass::Medium], 80);
+    assert_eq!(snap.discarded_total[&PoolClass::Medium], 1);
+    let (first, second) = (chain_of(80), chain_of(40)); // 80 hits, 40 misses
+    drop((first, second)); // 100 fit the byte cap
+    let snap = pool.snapshot();
+    assert_eq!(snap.idle_slabs[&PoolClass::Medium], 100);
+    assert_eq!(snap.idle_bytes, 100 * medium as u64);
+    assert_eq!(snap.discarded_total[&PoolClass::Medium], 21);
+    assert_nothing_live(&snap);
+}
+
 /// Writing never moves what is written: the first segment's memory is where the first
 /// byte went, however much is written after it.
 #[test]

@@ -133,7 +133,7 @@ mod unit {
 /// allocating nothing; the next acquire's slow path makes a new spare.
 #[cfg(not(axon_loom))]
 mod adopt {
-    use crate::inner::{Config, PoolRef};
+    use crate::inner::{Caps, Config, PoolRef};
     use crate::PoolClass;
 
     const SMALL: usize = 4096;
@@ -145,7 +145,7 @@ mod adopt {
     }
 
     fn give(pool: &PoolRef, slab: Vec<u8>) {
-        pool.give_back(slab, PoolClass::Small, 0, None, SMALL as u64);
+        pool.give_back(slab, PoolClass::Small, 0, None, SMALL as u64, Caps::Both);
     }
 
     #[test]

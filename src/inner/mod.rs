@@ -77,6 +77,7 @@ use crate::{PoolClass, PoolError};
 pub(crate) use account::AccountPtr;
 use account::TenantAccount;
 pub(crate) use config::Config;
+pub(crate) use depot::Caps;
 use depot::Depot;
 pub(crate) use handle::{global, init_global, PoolRef};
 pub(crate) use ledger::Charged;
@@ -258,6 +259,7 @@ impl PoolRef {
         exposed: usize,
         tenant: Option<AccountPtr>,
         charged: u64,
+        caps: Caps,
     ) {
         let k = class.index();
         if class != PoolClass::Oversize
@@ -275,7 +277,7 @@ impl PoolRef {
                             // Cannot happen (room and capacity were checked); the slow
                             // path still takes the slab.
                             Err(back) => {
-                                let discarded = self.depot.give(Some(*section), class, back);
+                                let discarded = self.depot.give(Some(*section), class, back, caps);
                                 drop(section);
                                 pages::discard(discarded);
                                 self.after_give();
@@ -286,7 +288,7 @@ impl PoolRef {
                 }
             }
         }
-        self.give_back_slow(slab, class, exposed, tenant, charged);
+        self.give_back_slow(slab, class, exposed, tenant, charged, caps);
     }
 
     #[inline(never)]
@@ -297,6 +299,7 @@ impl PoolRef {
         exposed: usize,
         tenant: Option<AccountPtr>,
         charged: u64,
+        caps: Caps,
     ) {
         if self.config.zero_on_release && slab.capacity() == class.capacity() {
             // Outside any lock or section: up to 10 MiB of memset must not stall others.
@@ -308,7 +311,7 @@ impl PoolRef {
             let section = self.magazine_or_adopt().and_then(Magazine::enter);
             let mag = section.as_deref().copied();
             let wake = self.ledger.debit(mag, tenant, charged, 1);
-            (wake, self.depot.give(mag, class, slab))
+            (wake, self.depot.give(mag, class, slab, caps))
         };
         pages::discard(discarded);
         self.after_give();
@@ -395,7 +398,8 @@ impl PoolRef {
         }
         let discarded = {
             let section = self.magazine().and_then(Magazine::enter);
-            self.depot.give(section.as_deref().copied(), class, slab)
+            self.depot
+                .give(section.as_deref().copied(), class, slab, Caps::Both)
         };
         pages::discard(discarded);
         self.after_give();
