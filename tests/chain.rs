@@ -233,14 +233,16 @@ fn a_chunked_chain_past_the_count_cap_comes_back_whole() {
 }
 
 /// The byte cap still holds for segments, and whole buffers keep the count cap: a Medium
-/// buffer returned while segments fill the list past 64 is freed, though bytes have room.
+/// buffer returned while segments fill the list past the count is freed, though bytes have
+/// room.
 #[test]
 fn segments_keep_the_byte_cap_and_buffers_the_count_cap() {
     let medium = 64 * KIB;
     let pool = BufferPool::builder()
         .idle_decay_thread(false)
         .idle_timeout(None)
-        .max_idle_bytes(100 * medium as u64)
+        .max_idle_per_class(8)
+        .max_idle_bytes(12 * medium as u64)
         .build();
     let chain_of = |segments: usize| {
         let mut chain = pool.chain();
@@ -250,22 +252,22 @@ fn segments_keep_the_byte_cap_and_buffers_the_count_cap() {
         assert_eq!(chain.segments(), segments);
         chain
     };
-    let chain = chain_of(80);
+    let chain = chain_of(10);
     let buffer = pool.acquire(medium);
     drop(chain);
     let snap = pool.snapshot();
-    assert_eq!(snap.idle_slabs[&PoolClass::Medium], 80);
+    assert_eq!(snap.idle_slabs[&PoolClass::Medium], 10);
     assert_eq!(snap.discarded_total[&PoolClass::Medium], 0);
-    drop(buffer); // 80 idle: past the count cap, within the byte cap
+    drop(buffer); // 10 idle: past the count cap, within the byte cap
     let snap = pool.snapshot();
-    assert_eq!(snap.idle_slabs[&PoolClass::Medium], 80);
+    assert_eq!(snap.idle_slabs[&PoolClass::Medium], 10);
     assert_eq!(snap.discarded_total[&PoolClass::Medium], 1);
-    let (first, second) = (chain_of(80), chain_of(40)); // 80 hits, 40 misses
-    drop((first, second)); // 100 fit the byte cap
+    let (first, second) = (chain_of(10), chain_of(5)); // 10 hits, 5 misses
+    drop((first, second)); // 12 fit the byte cap
     let snap = pool.snapshot();
-    assert_eq!(snap.idle_slabs[&PoolClass::Medium], 100);
-    assert_eq!(snap.idle_bytes, 100 * medium as u64);
-    assert_eq!(snap.discarded_total[&PoolClass::Medium], 21);
+    assert_eq!(snap.idle_slabs[&PoolClass::Medium], 12);
+    assert_eq!(snap.idle_bytes, 12 * medium as u64);
+    assert_eq!(snap.discarded_total[&PoolClass::Medium], 4);
     assert_nothing_live(&snap);
 }
 
