@@ -223,6 +223,39 @@ fn drops_inside_thread_local_destructors_return_everything() {
     assert_eq!(snap.idle_slabs[&PoolClass::Small], 2);
 }
 
+thread_local! {
+    /// Touched before the thread's first acquire, so its destructor runs after the pool's
+    /// own thread-locals are gone (destructors run in reverse order of first use).
+    static HELD_LATE: RefCell<Vec<PooledBuf>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers that drop after the thread's magazines were given back (and the cache of the
+/// last pool's magazine with them) take the slow path and return everything.
+#[test]
+fn drops_after_the_threads_magazines_are_gone_return_everything() {
+    let pool = BufferPool::builder()
+        .idle_decay_thread(false)
+        .idle_timeout(None)
+        .build();
+    let tenant = pool.tenant("late");
+    let worker = {
+        let tenant = tenant.clone();
+        thread::spawn(move || {
+            HELD_LATE.with(|h| h.borrow_mut().reserve(3)); // first use: destroyed last
+            let bufs = [tenant.acquire(10), tenant.acquire(5000), tenant.acquire(20)];
+            drop(tenant.acquire(30)); // a cycle on the thread's magazine
+            HELD_LATE.with(|h| h.borrow_mut().extend(bufs));
+        })
+    };
+    worker.join().unwrap();
+    let snap = pool.snapshot();
+    assert_nothing_live(&snap);
+    assert_eq!(snap.idle_slabs[&PoolClass::Small], 3);
+    assert_eq!(snap.idle_slabs[&PoolClass::Medium], 1);
+    drop(tenant.acquire(10)); // and the pool goes on from this thread
+    assert_nothing_live(&pool.snapshot());
+}
+
 #[test]
 fn thread_local_destructors_of_the_global_pool() {
     // The only test of this binary that touches the global pool, so its figures are ours.

@@ -2,7 +2,9 @@
 //! first acquire, and the magazine's return to the pool when the thread exits.
 //!
 //! The process-global pool has a slot of its own (one thread-local load, no search);
-//! other pools' magazines are found by pool id in a short per-thread list. Both fast paths
+//! other pools' magazines are found by pool id in a short per-thread list, behind a
+//! one-entry cache of the last one found (a thread that works with one pool, the common
+//! case, searches once). Both fast paths
 //! ([`PoolRef::magazine`]) only look. The first acquire on a thread registers a new
 //! magazine ([`PoolRef::magazine_or_register`]). The pool keeps one *spare* magazine beside
 //! the registered ones, empty and in no thread's hands: a registration makes it if the pool
@@ -61,6 +63,17 @@ impl Drop for GlobalEntry {
     }
 }
 
+/// This thread's entries for pools other than the global one.
+struct Entries(RefCell<Vec<Entry>>);
+
+impl Drop for Entries {
+    /// The thread is exiting: forget the cached magazine before the entries (and the
+    /// magazines they hold) go, so drops that run later on this thread take the slow path.
+    fn drop(&mut self) {
+        forget_last();
+    }
+}
+
 thread_local! {
     /// The global pool's magazine for this thread as a plain pointer: null until the
     /// thread's first acquire, and again once its exit gave the magazine back. It has no
@@ -68,7 +81,18 @@ thread_local! {
     static GLOBAL_MAGAZINE: Cell<*const Magazine> = const { Cell::new(std::ptr::null()) };
     /// Owns that magazine and gives it back when the thread exits.
     static GLOBAL_LOCAL: GlobalEntry = const { GlobalEntry(OnceCell::new()) };
-    static LOCAL: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
+    /// The id of the pool whose entry [`PoolRef::find_local`] found last, and that entry's
+    /// magazine; pool id 0 (no pool has it) when none. It points into an entry of `LOCAL`
+    /// only while that entry is there: set when an entry is found, cleared before any entry
+    /// leaves (`Entries`' destructor, the sweep in `register`). No destructor, as for
+    /// `GLOBAL_MAGAZINE`.
+    static LAST: Cell<(u64, *const Magazine)> = const { Cell::new((0, std::ptr::null())) };
+    static LOCAL: Entries = const { Entries(RefCell::new(Vec::new())) };
+}
+
+/// Clears [`LAST`].
+fn forget_last() {
+    let _ = LAST.try_with(|last| last.set((0, std::ptr::null())));
 }
 
 impl PoolRef {
@@ -83,11 +107,16 @@ impl PoolRef {
         let ptr = if self.is_global() {
             NonNull::new(GLOBAL_MAGAZINE.with(Cell::get).cast_mut())?
         } else {
-            self.find_local()?
+            match LAST.with(Cell::get) {
+                (id, last) if id == self.id => NonNull::new(last.cast_mut())?,
+                _ => self.find_local()?,
+            }
         };
         // `ptr` points into an `Arc<Magazine>` held by this thread's entry (`GLOBAL_LOCAL`,
         // whose destructor nulls `GLOBAL_MAGAZINE` before letting go, or `LOCAL` for a pool
-        // that is alive: `self` keeps it so) and by the pool's magazine list until `retire`.
+        // that is alive: `self` keeps it so, and `LAST` holds a pointer only while its
+        // entry is in `LOCAL`; pool ids are never reused) and by the pool's magazine list
+        // until `retire`.
         // SAFETY: so it is valid for this call: only the entry's destructor lets go of both,
         // at this thread's exit, never during a call; and magazines are only shared.
         Some(unsafe { ptr.as_ref() })
@@ -98,9 +127,11 @@ impl PoolRef {
         let id = self.id;
         LOCAL
             .try_with(|entries| {
-                let entries = entries.try_borrow().ok()?;
+                let entries = entries.0.try_borrow().ok()?;
                 let entry = entries.iter().find(|e| e.pool_id == id)?;
-                Some(NonNull::from(&*entry.magazine))
+                let magazine = NonNull::from(&*entry.magazine);
+                LAST.with(|last| last.set((id, magazine.as_ptr())));
+                Some(magazine)
             })
             .ok()
             .flatten()
@@ -174,7 +205,7 @@ impl PoolRef {
                 .flatten(),
             Some(inner) => LOCAL
                 .try_with(|entries| {
-                    let mut entries = entries.try_borrow_mut().ok()?;
+                    let mut entries = entries.0.try_borrow_mut().ok()?;
                     entries.try_reserve(1).ok()?;
                     let magazine = self.take_spare()?;
                     entries.push(Entry {
@@ -223,9 +254,10 @@ impl PoolRef {
                 .ok(),
             Some(inner) => LOCAL
                 .try_with(|entries| {
-                    let mut entries = entries.try_borrow_mut().ok()?;
+                    let mut entries = entries.0.try_borrow_mut().ok()?;
                     // Entries of pools that are gone hold nothing (the pool's drop emptied
                     // them).
+                    forget_last();
                     entries.retain(|e| e.pool.strong_count() > 0);
                     let magazine = Arc::new(Magazine::new());
                     self.magazines.lock().push(Arc::clone(&magazine));
