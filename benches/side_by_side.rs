@@ -56,6 +56,9 @@ fn main() {
     let data = &data[..];
     let pool = BufferPool::global();
     let tenant = pool.tenant("bench");
+    // A tenant of its own for `axon-tenant-wait`: a handler that only ever calls
+    // `acquire_wait` (the README's `collect_body_wait`) must reach the fast path by itself.
+    let wait_tenant = pool.tenant("bench-wait");
     let built_decay = BufferPool::builder()
         .idle_timeout(Some(Duration::from_secs(20)))
         .build();
@@ -90,7 +93,7 @@ fn main() {
         (
             "axon-tenant-wait",
             Box::new(|| {
-                let mut wait = pin!(tenant.acquire_wait(black_box(SIZE)));
+                let mut wait = pin!(wait_tenant.acquire_wait(black_box(SIZE)));
                 let Poll::Ready(Ok(mut buf)) = wait.as_mut().poll(&mut cx) else {
                     unreachable!("nobody waits: ready at once");
                 };

@@ -482,9 +482,13 @@ impl PooledChain {
         let bytes = plan.bytes();
         let held = self.capacity as u64;
         let purpose = Purpose::Segments(plan.count() as u64);
-        let charged = pool
-            .charge_wait(tenant, bytes, purpose, held + bytes)
-            .await?;
+        let charged = match pool.charge_now(tenant, bytes, purpose) {
+            Some(charged) => charged,
+            None => {
+                pool.charge_wait(tenant, bytes, purpose, held + bytes)
+                    .await?
+            }
+        };
         let before = self.segments.len();
         match self.take_slabs(&pool, tenant, plan, charged) {
             Ok(()) => {

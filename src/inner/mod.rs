@@ -199,9 +199,13 @@ impl PoolRef {
         capacity: usize,
     ) -> Result<(Vec<u8>, Charged), PoolError> {
         let bytes = capacity as u64;
-        let charged = self
-            .charge_wait(tenant, bytes, Purpose::Buffer, bytes)
-            .await?;
+        let charged = match self.charge_now(tenant, bytes, Purpose::Buffer) {
+            Some(charged) => charged,
+            None => {
+                self.charge_wait(tenant, bytes, Purpose::Buffer, bytes)
+                    .await?
+            }
+        };
         self.take_charged(tenant, class, capacity, charged)
     }
 
@@ -330,6 +334,19 @@ impl PoolRef {
         let mag = self.magazine_or_register();
         self.ledger
             .charge(&self.magazines, mag, tenant, bytes, purpose)
+    }
+
+    /// A waiting request's try before it waits ([`Ledger::charge_now`]): the charge, with
+    /// stock for this thread, or `None`, having changed nothing.
+    pub(crate) fn charge_now(
+        &self,
+        tenant: Option<AccountPtr>,
+        bytes: u64,
+        purpose: Purpose,
+    ) -> Option<Charged> {
+        let mag = self.magazine_or_register();
+        self.ledger
+            .charge_now(&self.magazines, mag, tenant, bytes, purpose)
     }
 
     /// Charges `bytes` more, waiting for room while a limit refuses and waiting can help.
