@@ -245,26 +245,11 @@ impl Ledger {
                 }
             }
         }
-        let queue = self.lock.lock();
-        // SAFETY: the caller holds a handle or a buffer of the account for the whole call.
-        let account = tenant.map(|a| unsafe { a.get() });
-        let committed = match self.queued_ahead(&queue, account, bytes, purpose) {
-            Some(err) => Err(err),
-            None => self.commit(
-                &queue.share,
-                magazines,
-                account,
-                bytes,
-                purpose,
-                mag.is_some(),
-            ),
-        };
-        let (charged, pool_grant, tenant_grant) = committed.inspect_err(|err| {
-            self.count_refusal(err, account);
-        })?;
-        self.deposit(mag, tenant, pool_grant, tenant_grant, buffers);
-        drop(queue);
-        Ok(charged)
+        self.charge_locked(magazines, mag, tenant, bytes, purpose)
+            .inspect_err(|err| {
+                // SAFETY: the caller holds a handle or a buffer of the account for the call.
+                self.count_refusal(err, tenant.map(|a| unsafe { a.get() }));
+            })
     }
 
     /// With the lock held: checks `bytes` against both limits (taking every thread's stock

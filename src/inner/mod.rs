@@ -336,8 +336,12 @@ impl PoolRef {
             .charge(&self.magazines, mag, tenant, bytes, purpose)
     }
 
-    /// A waiting request's try before it waits ([`Ledger::charge_now`]): the charge, with
-    /// stock for this thread, or `None`, having changed nothing.
+    /// A waiting request's try before it waits: charged at once, as the non-waiting slow
+    /// path charges (with stock for this thread), when nobody is queued ahead and it fits;
+    /// else `None`, having changed and counted nothing, and [`Self::charge_wait`] decides.
+    /// Without it a thread whose requests all wait (a handler using only
+    /// `collect_body_wait`) never got stock: every acquire took the ledger's lock and every
+    /// drop the slow debit.
     pub(crate) fn charge_now(
         &self,
         tenant: Option<AccountPtr>,
@@ -346,7 +350,8 @@ impl PoolRef {
     ) -> Option<Charged> {
         let mag = self.magazine_or_register();
         self.ledger
-            .charge_now(&self.magazines, mag, tenant, bytes, purpose)
+            .charge_locked(&self.magazines, mag, tenant, bytes, purpose)
+            .ok()
     }
 
     /// Charges `bytes` more, waiting for room while a limit refuses and waiting can help.

@@ -1,15 +1,43 @@
-//! Stocks: granted stock put into a thread's magazine (binding a tenant slot), and stocks
-//! taken back: from every magazine before a refusal, from one when its thread exits, from a
-//! slot given up for another tenant.
+//! Stocks: the slow charge that grants them, granted stock put into a thread's magazine
+//! (binding a tenant slot), and stocks taken back: from every magazine before a refusal,
+//! from one when its thread exits, from a slot given up for another tenant.
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 
-use super::{Ledger, Magazines};
+use super::{Charged, Ledger, Magazines, Purpose};
 use crate::inner::account::{AccountPtr, TenantAccount};
 use crate::inner::magazine::{Exclusive, Frozen, Magazine, Slot};
+use crate::PoolError;
 
 impl Ledger {
+    /// [`Self::charge`] past its fast path, under the lock, counting no refusal: also a
+    /// waiting request's try before it waits (`PoolRef::charge_now`), so that a thread
+    /// whose requests all wait gets stock too.
+    pub(crate) fn charge_locked(
+        &self,
+        magazines: &Magazines,
+        mag: Option<&Magazine>,
+        tenant: Option<AccountPtr>,
+        bytes: u64,
+        purpose: Purpose,
+    ) -> Result<Charged, PoolError> {
+        let queue = self.lock.lock();
+        // SAFETY: the caller holds a handle or a buffer of the account for the whole call.
+        let account = tenant.map(|a| unsafe { a.get() });
+        let (charged, pool_grant, tenant_grant) =
+            match self.queued_ahead(&queue, account, bytes, purpose) {
+                Some(err) => return Err(err),
+                None => {
+                    let stock = mag.is_some();
+                    self.commit(&queue.share, magazines, account, bytes, purpose, stock)?
+                }
+            };
+        self.deposit(mag, tenant, pool_grant, tenant_grant, purpose.buffers());
+        drop(queue);
+        Ok(charged)
+    }
+
     /// Puts freshly granted stock into this thread's magazine (binding a slot for the
     /// tenant when it has none), and counts the charge's buffers where they belong. If
     /// the magazine is frozen meanwhile, the grants go straight back.

@@ -67,7 +67,6 @@ mod pass;
 use super::share::{Place, Share};
 use super::{Charged, Ledger, Magazines, Purpose};
 use crate::inner::account::{AccountPtr, TenantAccount};
-use crate::inner::magazine::Magazine;
 use crate::PoolError;
 
 /// The waiters, by line, and the waiters already decided. Guarded by the ledger's lock.
@@ -194,37 +193,6 @@ impl Ledger {
             let focus = tenant.map_or(Focus::Order, |a| Focus::Tenant(a.as_ptr() as usize));
             self.pass(&mut queue, magazines, focus);
         }
-    }
-
-    /// A waiting request's try before it waits: charges at once, as the non-waiting slow
-    /// path does, when nobody is queued ahead and the limits allow as usage reads now, and
-    /// then also grants stock to `mag` (this thread's magazine), so that a thread whose
-    /// requests all wait, as a handler using only `collect_body_wait` does, reaches the
-    /// fast path too. `None` has changed and counted nothing: the request goes on to
-    /// [`Ledger::charge_wait`], which decides.
-    pub(crate) fn charge_now(
-        &self,
-        magazines: &Magazines,
-        mag: Option<&Magazine>,
-        tenant: Option<AccountPtr>,
-        bytes: u64,
-        purpose: Purpose,
-    ) -> Option<Charged> {
-        let queue = self.lock.lock();
-        // SAFETY: the caller holds a handle or a buffer of the account for the whole call.
-        let account = tenant.map(|a| unsafe { a.get() });
-        if self.queued_ahead(&queue, account, bytes, purpose).is_some()
-            || self.check(&queue.share, account, bytes, purpose).is_err()
-        {
-            return None;
-        }
-        let stock = mag.is_some();
-        let (charged, pool_grant, tenant_grant) = self
-            .commit(&queue.share, magazines, account, bytes, purpose, stock)
-            .ok()?;
-        self.deposit(mag, tenant, pool_grant, tenant_grant, purpose.buffers());
-        drop(queue);
-        Some(charged)
     }
 
     /// The first poll: charges at once if nobody is ahead and the limits allow; else queues
