@@ -632,9 +632,9 @@ impl Segments {
         }
     }
 
-    #[inline]
     /// Appends a segment, which from now on returns under the byte cap alone
     /// ([`PooledBuf::into_segment`]).
+    #[inline]
     fn push(&mut self, segment: PooledBuf) {
         let segment = segment.into_segment();
         match self.first {

@@ -1,17 +1,17 @@
 //! How a thread finds its magazine for a pool: thread-locals, registration on a thread's
 //! first acquire, and the magazine's return to the pool when the thread exits.
 //!
-//! The process-global pool has a slot of its own (one thread-local load, no search);
-//! other pools' magazines are found by pool id in a short per-thread list, behind a
-//! one-entry cache of the last one found (a thread that works with one pool, the common
-//! case, searches once). Both fast paths
-//! ([`PoolRef::magazine`]) only look. The first acquire on a thread registers a new
-//! magazine ([`PoolRef::magazine_or_register`]). The pool keeps one *spare* magazine beside
-//! the registered ones, empty and in no thread's hands: a registration makes it if the pool
-//! has none, and so does an acquire that finds no slab of its class in its own magazine (a
-//! refill or a miss, which a producer whose buffers die elsewhere meets every few
-//! acquires). Both points are on acquire paths, which may allocate; neither depends on the
-//! charge stocks, so when a spare exists is a plain rule (tests/model.rs follows it).
+//! The process-global pool has a slot of its own (one thread-local load, no search); other
+//! pools' magazines are found by pool id in a short per-thread list, behind a one-entry
+//! cache of the last one found (a thread that works with one pool, the common case,
+//! searches once). Both fast paths ([`PoolRef::magazine`]) only look. The first acquire on
+//! a thread registers a new magazine ([`PoolRef::magazine_or_register`]). The pool keeps
+//! one *spare* magazine beside the registered ones, empty and in no thread's hands: a
+//! registration makes it if the pool has none, and so does an acquire that finds no slab of
+//! its class in its own magazine (a refill or a miss, which a producer whose buffers die
+//! elsewhere meets every few acquires). Both points are on acquire paths, which may
+//! allocate; neither depends on the charge stocks, so when a spare exists is a plain rule
+//! (tests/model.rs follows it).
 //!
 //! A thread that only drops (a consumer thread, tokio's blocking pool, a worker that
 //! stole the task) adopts the spare on its first drop ([`PoolRef::magazine_or_adopt`]):
