@@ -43,8 +43,8 @@
 //!   return. In a warm benchmark process glibc handed them out again warm, but in a fresh
 //!   one (its trim threshold still 128 KiB) it trimmed its heap each time and the next
 //!   body faulted every page in again: a 12 MiB chunked body took 3.2 ms against 0.92 ms
-//!   for `BytesMut`, 2 000 page faults a body. So segments return under `max_idle_bytes`
-//!   alone (`max_idle_per_class` still caps whole buffers): 0.91 ms, no fault. Bodies
+//!   for `BytesMut`, 2 000 page faults a body. So Medium segments return under
+//!   `max_idle_bytes` alone (`max_idle_per_class` still caps the rest): 0.91 ms. Bodies
 //!   with a length, whose size hint picks big segments, stay well under either cap.
 //! - Fixed small carriers (the AWS S3 transfer manager's 64 KiB parts, ScyllaDB's 128 KiB
 //!   fragments) are what a chain of unknown length uses (Medium slabs): they keep the
@@ -632,11 +632,15 @@ impl Segments {
         }
     }
 
-    /// Appends a segment, which from now on returns under the byte cap alone
-    /// ([`PooledBuf::into_segment`]).
+    /// Appends a segment. A Medium one, the class a chain grows by, from now on returns
+    /// under the byte cap alone ([`PooledBuf::into_segment`]); a chain's Small slab and
+    /// its big segments, few a payload, keep both caps as a buffer's do.
     #[inline]
     fn push(&mut self, segment: PooledBuf) {
-        let segment = segment.into_segment();
+        let segment = match segment.class() {
+            PoolClass::Medium => segment.into_segment(),
+            _ => segment,
+        };
         match self.first {
             None => self.first = Some(segment),
             Some(_) => self.rest.push(segment),

@@ -23,7 +23,8 @@
 //!   the magazines, held only for a pop, a push or a batch move (an empty magazine refills
 //!   half its rounds, a full one spills half). Idle memory is capped by *units* of idle
 //!   budget (`max_idle_per_class`, `max_idle_bytes`) reserved before a slab goes idle and
-//!   moved with it, so no cap is ever passed, and `snapshot` (magazines frozen, each list
+//!   moved with it, so no cap is ever passed (a chain's Medium segments are held to the
+//!   byte cap alone), and `snapshot` (magazines frozen, each list
 //!   locked) never counts a slab twice. Trim and thread exit move or free units with their
 //!   slabs.
 //! * **Ledger** (`inner/ledger.rs`). One *usage* word for the pool and one per tenant:
@@ -390,10 +391,10 @@ impl BufferPoolBuilder {
     /// Most slabs kept idle per class; a slab a buffer returns to a full list is freed and
     /// counted in `discarded_total`. Default 64.
     ///
-    /// A [`PooledChain`](crate::PooledChain)'s segments return under
+    /// A [`PooledChain`](crate::PooledChain)'s Medium segments return under
     /// [`max_idle_bytes`](Self::max_idle_bytes) alone: a chunked body grows by Medium
     /// segments (192 for 12 MiB), and a count set for whole slabs would free most of them on
-    /// every return, only for the next body to allocate them again. So a class may hold
+    /// every return, only for the next body to allocate them again. So Medium may hold
     /// more idle slabs than this after a chain returned; buffers returned meanwhile are
     /// freed until it is back under the count.
     pub fn max_idle_per_class(mut self, slabs: usize) -> Self {

@@ -7,10 +7,10 @@
 //! one; a magazine emptied by acquires keeps one). Large and Huge slabs wait on the lists
 //! only ([`cached`](super::magazine::cached) says why): every thread reaches them, and no
 //! magazine holds their budget. Units are reserved before a slab goes idle and move with
-//! slabs between lists and magazines, so idle memory never passes either cap, even for a
-//! moment; a chain's segment is held to the byte cap alone ([`Caps`]), so after one returns
-//! a class may count more units than `max_idle_per_class`, and no other slab gets one until
-//! it is back under. Spare units count against the caps like the others (DESIGN.md: a
+//! slabs between lists and magazines, so idle memory never passes the caps that apply to
+//! it, even for a moment: a chain's Medium segment is held to the byte cap alone
+//! ([`Caps`]), so after a chain returns, Medium may count more units than
+//! `max_idle_per_class`, and no other Medium slab gets one until it is back under. Spare units count against the caps like the others (DESIGN.md: a
 //! thread cache may hold budget reserved from the shared cap), so a slab may be discarded
 //! while another thread's magazine holds units with no slab behind them; `trim` and a
 //! thread's exit give them back, and so does the idle decay.
@@ -61,7 +61,7 @@ mod reclaim;
 /// The idle caps a returned slab is kept under.
 ///
 /// A whole buffer's slab is kept under both (`max_idle_per_class` and `max_idle_bytes`). A
-/// chain's segment is kept under the byte cap alone: a chunked body grows by Medium
+/// chain's Medium segment is kept under the byte cap alone: a chunked body grows by Medium
 /// segments (192 for 12 MiB), and the count cap, set for whole slabs, freed all but 64 of
 /// them on every return; glibc then trimmed its heap and the next body faulted every page
 /// of the rest in again (measured in a fresh process: 3.2 ms a 12 MiB chunked body against
@@ -307,8 +307,8 @@ impl Depot {
     /// full one to the list, reserving a unit), else onto the list, else counted as
     /// discarded and handed back for the caller to [`discard`] once out of its section.
     /// Never panics; holds a lock only for a push or a batch move.
-    /// A chain's segment ([`Caps::Bytes`]) the count cap refuses still goes on the list
-    /// while the byte cap has room.
+    /// A chain's Medium segment ([`Caps::Bytes`]) the count cap refuses still goes on the
+    /// list while the byte cap has room.
     #[must_use = "a discarded slab must be freed with `discard`"]
     pub(crate) fn give(
         &self,

@@ -237,15 +237,7 @@ impl Ledger {
         bytes: u64,
         purpose: Purpose,
     ) -> Result<Charged, PoolError> {
-        let buffers = purpose.buffers();
-        if purpose != Purpose::Reservation {
-            if let Some(section) = mag.and_then(Magazine::enter) {
-                if Self::charge_fast(*section, tenant, bytes, buffers) {
-                    return Ok(Charged::FROM_STOCK);
-                }
-            }
-        }
-        self.charge_locked(magazines, mag, tenant, bytes, purpose)
+        self.charge_uncounted(magazines, mag, tenant, bytes, purpose)
             .inspect_err(|err| {
                 // SAFETY: the caller holds a handle or a buffer of the account for the call.
                 self.count_refusal(err, tenant.map(|a| unsafe { a.get() }));

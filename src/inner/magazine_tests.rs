@@ -201,6 +201,40 @@ mod adopt {
     }
 }
 
+/// A request that waits but fits at once is charged from this thread's stock when the stock
+/// covers it, and granted at most a batch more when not: a thread whose buffers all come
+/// from `acquire_wait` (of a class no magazine caches, so its fast path never serves)
+/// keeps a bounded stock, not one more batch a call.
+#[cfg(not(axon_loom))]
+mod waiting_stock {
+    use crate::inner::{Caps, Config, PoolRef};
+    use crate::PoolClass;
+
+    #[test]
+    fn waits_that_fit_at_once_keep_the_stock_bounded() {
+        let pool = PoolRef::new(Config::default());
+        let large = PoolClass::Large.capacity();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut held = Vec::new();
+                let mut most = 0;
+                for _ in 0..64 {
+                    let wait = pool.obtain_wait(None, PoolClass::Large, large);
+                    held.push(futures_executor::block_on(wait).unwrap().0);
+                    most = most.max(pool.magazine().unwrap().pool_stock());
+                }
+                // At most what covers one more request and a batch (256 KiB) beyond it.
+                assert!(most <= (large + 256 * 1024) as u64, "stock reached {most}");
+                assert_eq!(pool.live_bytes(), 64 * large as u64);
+                for slab in held {
+                    pool.give_back(slab, PoolClass::Large, 0, None, large as u64, Caps::Both);
+                }
+            });
+        });
+        assert_eq!(pool.live_bytes(), 0);
+    }
+}
+
 #[cfg(axon_loom)]
 mod loom_tests {
     use super::super::*;

@@ -336,9 +336,11 @@ impl PoolRef {
             .charge(&self.magazines, mag, tenant, bytes, purpose)
     }
 
-    /// A waiting request's try before it waits: charged at once, as the non-waiting slow
-    /// path charges (with stock for this thread), when nobody is queued ahead and it fits;
-    /// else `None`, having changed and counted nothing, and [`Self::charge_wait`] decides.
+    /// A waiting request's try before it waits: charged at once, as a request that does not
+    /// wait is (from this thread's stocks, else under the lock with stock granted), when
+    /// nobody is queued ahead and it fits; else `None`, having charged and counted nothing
+    /// (it may have taken every thread's stock back, as a refusal does), and
+    /// [`Self::charge_wait`] decides.
     /// Without it a thread whose requests all wait (a handler using only
     /// `collect_body_wait`) never got stock: every acquire took the ledger's lock and every
     /// drop the slow debit.
@@ -350,7 +352,7 @@ impl PoolRef {
     ) -> Option<Charged> {
         let mag = self.magazine_or_register();
         self.ledger
-            .charge_locked(&self.magazines, mag, tenant, bytes, purpose)
+            .charge_uncounted(&self.magazines, mag, tenant, bytes, purpose)
             .ok()
     }
 

@@ -11,10 +11,10 @@ use crate::inner::magazine::{Exclusive, Frozen, Magazine, Slot};
 use crate::PoolError;
 
 impl Ledger {
-    /// [`Self::charge`] past its fast path, under the lock, counting no refusal: also a
-    /// waiting request's try before it waits (`PoolRef::charge_now`), so that a thread
-    /// whose requests all wait gets stock too.
-    pub(crate) fn charge_locked(
+    /// [`Self::charge`] counting no refusal: from this thread's stocks if they cover it,
+    /// else under the lock, granting stock. Also a waiting request's try before it waits
+    /// (`PoolRef::charge_now`), so that a thread whose requests all wait gets stock too.
+    pub(crate) fn charge_uncounted(
         &self,
         magazines: &Magazines,
         mag: Option<&Magazine>,
@@ -22,6 +22,13 @@ impl Ledger {
         bytes: u64,
         purpose: Purpose,
     ) -> Result<Charged, PoolError> {
+        if purpose != Purpose::Reservation {
+            if let Some(section) = mag.and_then(Magazine::enter) {
+                if Self::charge_fast(*section, tenant, bytes, purpose.buffers()) {
+                    return Ok(Charged::FROM_STOCK);
+                }
+            }
+        }
         let queue = self.lock.lock();
         // SAFETY: the caller holds a handle or a buffer of the account for the whole call.
         let account = tenant.map(|a| unsafe { a.get() });
