@@ -118,7 +118,8 @@ impl PoolRef {
         // entry is in `LOCAL`; pool ids are never reused) and by the pool's magazine list
         // until `retire`.
         // SAFETY: so it is valid for this call: only the entry's destructor lets go of both,
-        // at this thread's exit, never during a call; and magazines are only shared.
+        // at this thread's exit, never during a call (`register`'s sweep drops entries of
+        // pools that are gone, never this one's); and magazines are only shared.
         Some(unsafe { ptr.as_ref() })
     }
 
