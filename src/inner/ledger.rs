@@ -237,7 +237,7 @@ impl Ledger {
         bytes: u64,
         purpose: Purpose,
     ) -> Result<Charged, PoolError> {
-        self.charge_uncounted(magazines, mag, tenant, bytes, purpose)
+        self.charge_uncounted(magazines, mag, tenant, bytes, purpose, true)
             .inspect_err(|err| {
                 // SAFETY: the caller holds a handle or a buffer of the account for the call.
                 self.count_refusal(err, tenant.map(|a| unsafe { a.get() }));

@@ -338,9 +338,9 @@ impl PoolRef {
 
     /// A waiting request's try before it waits: charged at once, as a request that does not
     /// wait is (from this thread's stocks, else under the lock with stock granted), when
-    /// nobody is queued ahead and it fits; else `None`, having charged and counted nothing
-    /// (it may have taken every thread's stock back, as a refusal does), and
-    /// [`Self::charge_wait`] decides.
+    /// nobody is queued ahead and it fits as usage reads now; else `None`, having changed
+    /// and counted nothing, and [`Self::charge_wait`] decides (taking every thread's stock
+    /// back before it queues, as a refusal does).
     /// Without it a thread whose requests all wait (a handler using only
     /// `collect_body_wait`) never got stock: every acquire took the ledger's lock and every
     /// drop the slow debit.
@@ -352,7 +352,7 @@ impl PoolRef {
     ) -> Option<Charged> {
         let mag = self.magazine_or_register();
         self.ledger
-            .charge_uncounted(&self.magazines, mag, tenant, bytes, purpose)
+            .charge_uncounted(&self.magazines, mag, tenant, bytes, purpose, false)
             .ok()
     }
 

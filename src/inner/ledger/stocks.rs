@@ -13,7 +13,9 @@ use crate::PoolError;
 impl Ledger {
     /// [`Self::charge`] counting no refusal: from this thread's stocks if they cover it,
     /// else under the lock, granting stock. Also a waiting request's try before it waits
-    /// (`PoolRef::charge_now`), so that a thread whose requests all wait gets stock too.
+    /// (`PoolRef::charge_now`), so that a thread whose requests all wait gets stock too;
+    /// that try passes `reclaim` false: a request that does not fit as usage reads now is
+    /// refused without taking every thread's stock back, which the waiting path does next.
     pub(crate) fn charge_uncounted(
         &self,
         magazines: &Magazines,
@@ -21,6 +23,7 @@ impl Ledger {
         tenant: Option<AccountPtr>,
         bytes: u64,
         purpose: Purpose,
+        reclaim: bool,
     ) -> Result<Charged, PoolError> {
         if purpose != Purpose::Reservation {
             if let Some(section) = mag.and_then(Magazine::enter) {
@@ -36,6 +39,9 @@ impl Ledger {
             match self.queued_ahead(&queue, account, bytes, purpose) {
                 Some(err) => return Err(err),
                 None => {
+                    if !reclaim {
+                        self.check(&queue.share, account, bytes, purpose)?;
+                    }
                     let stock = mag.is_some();
                     self.commit(&queue.share, magazines, account, bytes, purpose, stock)?
                 }
