@@ -115,7 +115,9 @@ impl Tenant {
     /// runs after the tasks that were ready before it rather than next. A timeout that
     /// fires in that moment still wins: the grant goes to the next waiter.
     ///
-    /// With nobody waiting, the cost is that of [`acquire`](Self::acquire).
+    /// With nobody waiting, it takes [`acquire`](Self::acquire)'s paths (this thread's
+    /// stock and cache, which its first call sets up as `acquire`'s does), plus the cost of
+    /// the future: a Small cycle measured 25 ns against 15 ns for `acquire`.
     ///
     /// # Errors
     ///
