@@ -18,9 +18,12 @@
 //! Three rounds of 40 Huge (10 MiB) buffers, each written in full. Round 3 keeps its newest
 //! buffer alive: with glibc, rounds 2 and 3 take their 10 MiB blocks from the heap (its
 //! dynamic mmap threshold rose when round 1's blocks were freed), and a live block at the top
-//! of the heap keeps everything below it resident, unless the pages are given back. After
-//! each round RSS must come back to within 16 MiB of what it was before the round; the
-//! example exits non-zero if it does not.
+//! of the heap keeps everything below it resident, unless the pages are given back. Round 4
+//! is the same bytes in Small (4 KiB) slabs, its newest kept alive: glibc serves those from
+//! its heap and the pool frees them without a madvise, so they leave only through the
+//! `malloc_trim` the decay calls (`BufferPoolBuilder::trim_allocator`). After each round
+//! RSS must come back to within 16 MiB of what it was before the round; the example exits
+//! non-zero if it does not.
 //!
 //! Linux only (it reads `VmRSS` from `/proc/self/status`).
 
@@ -32,8 +35,11 @@ use clap::Parser;
 
 const MIB: u64 = 1024 * 1024;
 
+/// Small slabs in the bytes of one Huge slab.
+const SMALL_PER_HUGE: usize = PoolClass::Huge.capacity() / PoolClass::Small.capacity();
+
 #[derive(Parser, Debug)]
-#[command(about = "RSS through bursts of Huge buffers, idle decay and trim")]
+#[command(about = "RSS through bursts of Huge and Small buffers, idle decay and trim")]
 struct Args {
     /// Free the idle slabs with trim() right after each burst instead of waiting for the
     /// decay.
@@ -148,11 +154,11 @@ impl Clock {
     }
 }
 
-/// Acquires `n` Huge buffers and writes every byte, so every page is resident.
-fn burst(pool: &BufferPool, n: usize) -> Vec<PooledBuf> {
+/// Acquires `n` buffers of `class` and writes every byte, so every page is resident.
+fn burst(pool: &BufferPool, class: PoolClass, n: usize) -> Vec<PooledBuf> {
     (0..n)
         .map(|i| {
-            let mut buf = pool.acquire(PoolClass::Huge.capacity());
+            let mut buf = pool.acquire(class.capacity());
             buf.resize(buf.capacity(), i as u8 | 1);
             buf
         })
@@ -184,11 +190,17 @@ fn main() -> ExitCode {
     clock.report("start", &pool);
     let mut failures = 0;
     let mut kept = None;
-    for round in 1..=3 {
+    for round in 1..=4 {
         let before = rss_bytes();
-        let mut bufs = burst(&pool, args.burst);
+        // Round 4: the same bytes in Small (4 KiB) slabs, which glibc serves from its
+        // heap, never by mmap.
+        let (class, n) = match round {
+            4 => (PoolClass::Small, args.burst * SMALL_PER_HUGE),
+            _ => (PoolClass::Huge, args.burst),
+        };
+        let mut bufs = burst(&pool, class, n);
         clock.report(&format!("round {round}: burst held"), &pool);
-        if round == 3 {
+        if round >= 3 {
             kept = bufs.pop(); // the newest stays alive, on top of the heap
         }
         drop(bufs);

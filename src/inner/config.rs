@@ -24,6 +24,7 @@ pub(crate) struct Config {
     pub(crate) zero_on_release: bool,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) idle_decay_thread: bool,
+    pub(crate) trim_allocator: bool,
     /// Track one buffer in this many; 0 is off.
     pub(crate) leak_sample_every: u32,
     pub(crate) leak_backtraces: bool,
@@ -46,6 +47,7 @@ impl Default for Config {
             // thread's decay would race the figures a test checks. Tests of the thread ask
             // for it (`tests/decay.rs`).
             idle_decay_thread: !cfg!(miri),
+            trim_allocator: true,
             leak_sample_every: 0,
             leak_backtraces: false,
         }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{clock, global, PoolInner, PoolRef};
+use super::{clock, global, pages, PoolInner, PoolRef};
 
 /// The decay thread's name (Linux shows its first 15 bytes: `axon-buffer-dec`).
 const NAME: &str = "axon-buffer-decay";
@@ -170,16 +170,20 @@ fn run() {
         let tick = Instant::now();
         let now = clock::refresh();
         let mut period: Option<Duration> = None;
+        let mut trim = false;
         for held in pools {
             // A pool dropped meanwhile is gone (its drop calls `forget`); one whose last
             // `Arc` this is drops here, outside the lock.
             let Some(pool) = held.upgrade() else { continue };
-            pool.decay_if_due(now);
+            trim |= pool.decay_if_due(now) > 0 && pool.config.trim_allocator;
             if pool.depot.idle_budget() > 0 {
                 if let Some(p) = pool.decay_period() {
                     period = Some(period.map_or(p, |q| q.min(p)));
                 }
             }
+        }
+        if trim {
+            pages::trim_allocator(); // once for every pool, after their decays
         }
         let mut state = STATE.lock();
         if state.pending {

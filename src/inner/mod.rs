@@ -158,6 +158,7 @@ impl PoolRef {
     #[inline(never)]
     fn ticked(&self) {
         if self.config.idle_timeout.is_some() {
+            // No allocator trim on a request's path: the decay thread's next pass does it.
             self.decay_if_due(clock::refresh());
         }
     }

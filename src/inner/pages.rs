@@ -61,3 +61,27 @@ fn give_pages_back(slab: &mut Vec<u8>) {
 
 #[cfg(not(all(target_os = "linux", not(miri))))]
 fn give_pages_back(_slab: &mut Vec<u8>) {}
+
+/// Asks glibc to give the free memory of every heap back to the system
+/// (`malloc_trim(0)`), after a decay or a trim freed slabs. `release`'s madvise covers the
+/// interiors of slabs of 64 KiB and more as they are freed; what it cannot reach is free
+/// memory glibc keeps below a live block: Small slabs (freed as they are, on every path),
+/// and whatever else the process freed meanwhile. Measured here (`scripts/load.sh`'s
+/// chain server 30 s after its load, every slab decayed): 22.5 MiB resident, 12.8 MiB
+/// after this call. It takes each heap's lock in turn while it walks that heap's free
+/// chunks, which is why only the decay thread and the user's `trim` calls make it, never a
+/// request's path.
+#[cfg(all(target_os = "linux", target_env = "gnu", not(miri)))]
+pub(crate) fn trim_allocator() {
+    // SAFETY: `malloc_trim` has no precondition: it locks each of glibc's arenas itself
+    // and only gives back pages of chunks that are free, so it is sound from any thread
+    // at any time, also while other threads allocate. Its result (whether it gave back
+    // anything) is not needed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Elsewhere the allocator is not glibc's (or Miri runs the code): nothing to ask.
+#[cfg(not(all(target_os = "linux", target_env = "gnu", not(miri))))]
+pub(crate) fn trim_allocator() {}

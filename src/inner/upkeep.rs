@@ -63,7 +63,11 @@ impl PoolInner {
             let frozen = Frozen::freeze(&list);
             self.depot.trim(frozen.as_ref(), &mut slabs);
         }
-        release_counted(slabs)
+        let bytes = release_counted(slabs);
+        if self.config.trim_allocator {
+            pages::trim_allocator(); // also what returns refused and freed before the call
+        }
+        bytes
     }
 
     /// Frees every slab idle at least `idle_timeout`, at once, and gives its pages back;
@@ -73,7 +77,11 @@ impl PoolInner {
             return 0;
         };
         let now = clock::refresh();
-        self.decay(now.checked_sub(clock::millis(timeout)))
+        let bytes = self.decay(now.checked_sub(clock::millis(timeout)));
+        if bytes > 0 && self.config.trim_allocator {
+            pages::trim_allocator();
+        }
+        bytes
     }
 
     /// The decay's period: a quarter of `idle_timeout`, from 1 ms to 5 s; `None` without a
@@ -86,13 +94,14 @@ impl PoolInner {
     /// The decay of the ticker and the decay thread, `now` being a fresh [`clock::refresh`]:
     /// if some slab is idle and no decay ran in the last period, frees every slab idle at
     /// least `idle_timeout` plus a period (see the module docs for why the period).
-    pub(super) fn decay_if_due(&self, now: u64) {
+    /// Returns the bytes freed.
+    pub(super) fn decay_if_due(&self, now: u64) -> u64 {
         let (Some(timeout), Some(period)) = (self.config.idle_timeout, self.decay_period()) else {
-            return;
+            return 0;
         };
         let next = self.next_decay.load(Relaxed);
         if now < next || self.depot.idle_budget() == 0 {
-            return;
+            return 0;
         }
         let period = clock::millis(period);
         // An eighth of slack: the thread's tick may read the clock a millisecond early.
@@ -102,8 +111,9 @@ impl PoolInner {
             .compare_exchange(next, claim, Relaxed, Relaxed)
             .is_ok()
         {
-            self.decay(now.checked_sub(clock::millis(timeout) + period));
+            return self.decay(now.checked_sub(clock::millis(timeout) + period));
         }
+        0
     }
 
     /// Frees every slab stamped at or before `cutoff` (none if `None`: the process is
