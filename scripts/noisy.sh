@@ -12,7 +12,9 @@
 #   pool-guarantee  the pool, quiet-0 guaranteed NOISY_GUARANTEE (default 4MiB)
 #   bytesmut        the same server reading bodies into BytesMut: no budget (the control)
 #   before          the pool, run by NOISY_BEFORE_BIN: an ingest binary built from an older
-#                   commit (set it to add this mode; it must take the same flags)
+#                   commit (set it to add this mode; it must take the same flags); with
+#                   NOISY_BEFORE_GUARANTEE=1 it also gets pool-guarantee's guarantee (an A/B
+#                   of two builds of the guaranteed mode)
 #   pool-unbounded  the pool without max_live_bytes (hard limits only), a diagnostic: what
 #                   the pool costs the quiet tenant beside the flood when nobody waits for
 #                   the budget (only with NOISY_MODES)
@@ -173,7 +175,7 @@ run_one() { # run_one MODE ROUND
     bytesmut) flags+=(--alloc bytesmut) ;;
     before)
         exe=$before_bin
-        flags+=(--alloc pool)
+        flags+=(--alloc pool ${NOISY_BEFORE_GUARANTEE:+--guarantee-bytes "$guarantee"})
         ;;
     esac
     local log=$work/$mode-$round.server.log
