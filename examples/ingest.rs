@@ -55,7 +55,9 @@
 //! name two groups of tenants for an outside load (`quiet-0..`, `flood-0..`, in the path
 //! as any other tenant; the built-in clients drive `tenant-*` only), `--guarantee-bytes`
 //! sets room aside for each quiet tenant, and `--handler plain` answers with the body's
-//! length alone, the README's handler, instead of the fan-out to consumers.
+//! length alone, the README's handler, instead of the fan-out to consumers. With
+//! `--alloc bytesmut`, `--bytesmut-budget` makes the flooding tenants' bodies wait for room
+//! under a semaphore: the same admission without the pool, a control.
 //!
 //! ```text
 //! cargo run --release --example ingest -- --serve --handler plain --max-live-bytes 96MiB \
@@ -89,7 +91,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type HttpClient = Client<HttpConnector, BoxBody<Bytes, Infallible>>;
@@ -177,6 +179,12 @@ struct Args {
     /// checksum, or (plain) answer with its length at once, as the README's handler does.
     #[arg(long, value_enum, default_value_t = Handler::FanOut)]
     handler: Handler,
+    /// `--alloc bytesmut` only, a diagnostic: flooding tenants' bodies wait for room under
+    /// this many bytes (a `tokio::sync::Semaphore` in 4 KiB units taken for the body's
+    /// length, held until it drops), quiet tenants' never: the admission a budget with a
+    /// guarantee does, without the pool.
+    #[arg(long, value_parser = parse_size)]
+    bytesmut_budget: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -251,6 +259,17 @@ pub(crate) async fn main() -> ExitCode {
         eprintln!("--guarantee-bytes is for the quiet tenants: give --quiet N too");
         return ExitCode::from(2);
     }
+    if args.bytesmut_budget.is_some() && (args.alloc != Alloc::Bytesmut || args.flood == 0) {
+        eprintln!("--bytesmut-budget is for the flooding tenants of --alloc bytesmut: give both");
+        return ExitCode::from(2);
+    }
+    if args
+        .bytesmut_budget
+        .is_some_and(|bytes| bytes < ADMISSION_UNIT)
+    {
+        eprintln!("--bytesmut-budget admits nothing below {ADMISSION_UNIT} bytes");
+        return ExitCode::from(2);
+    }
     match run(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -311,6 +330,10 @@ async fn run(args: Args) -> Result<bool, Error> {
         mismatches: AtomicU64::new(0),
         fan_out: args.handler == Handler::FanOut,
         chain: args.alloc == Alloc::Pool,
+        admission: args
+            .bytesmut_budget
+            .map(|bytes| bytes / ADMISSION_UNIT)
+            .map(|units| (Arc::new(Semaphore::new(units as usize)), units)),
     });
     let ingest = match args.alloc {
         Alloc::Pool | Alloc::PoolBuf => post(ingest_pooled),
@@ -486,7 +509,12 @@ struct Server {
     fan_out: bool,
     /// `--alloc pool`: the pooled handler collects a chain; otherwise one `PooledBuf`.
     chain: bool,
+    /// `--bytesmut-budget`: the semaphore and its size, in 4 KiB units.
+    admission: Option<(Arc<Semaphore>, u64)>,
 }
+
+/// The unit of `--bytesmut-budget`'s semaphore.
+const ADMISSION_UNIT: u64 = 4096;
 
 /// A collected body, as the consumers see it: one piece (`pool-buf`, `bytesmut`,
 /// `to-bytes`), or the chain's segments (`pool`). Cloning shares the memory.
@@ -590,6 +618,24 @@ async fn ingest_bytesmut(
     body: Body,
 ) -> Result<Response, (StatusCode, &'static str)> {
     let stats = server.stats(&id);
+    // `--bytesmut-budget`: a flooding tenant's body waits for room for its length.
+    let _admitted = match &server.admission {
+        Some((room, size)) if id.starts_with("flood-") => {
+            // A body the semaphore can never admit is refused, not left waiting.
+            let units = body.size_hint().lower().div_ceil(ADMISSION_UNIT);
+            let units = u32::try_from(units)
+                .ok()
+                .filter(|&units| u64::from(units) <= *size)
+                .ok_or((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))?;
+            Some(
+                Arc::clone(room)
+                    .acquire_many_owned(units)
+                    .await
+                    .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"))?,
+            )
+        }
+        _ => None,
+    };
     match collect_bytesmut(body, MAX_BODY).await {
         Ok(data) => Ok(answer(&server, stats, Payload::Contiguous(data)).await),
         Err(refusal) => {

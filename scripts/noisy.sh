@@ -18,6 +18,10 @@
 #   pool-unbounded  the pool without max_live_bytes (hard limits only), a diagnostic: what
 #                   the pool costs the quiet tenant beside the flood when nobody waits for
 #                   the budget (only with NOISY_MODES)
+#   bytesmut-budget the bytesmut server with the budget's admission and no pool, a
+#                   diagnostic: each flooding body waits for room for its length under
+#                   NOISY_BYTESMUT_BUDGET (default 92MiB, the budget less the guarantee),
+#                   the quiet tenant's never (only with NOISY_MODES)
 # Each run is a fresh server on an ephemeral 127.0.0.1 port, driven by wrk and
 # scripts/noisy.lua:
 #   1. alone: the quiet tenant, 1..4 KiB bodies over 4 connections (1 wrk thread), SECONDS;
@@ -82,13 +86,13 @@ fi
 read -r -a modes <<<"${NOISY_MODES:-pool pool-guarantee bytesmut${before_bin:+ before}}"
 for mode in "${modes[@]}"; do
     case $mode in
-    pool | pool-guarantee | pool-unbounded | bytesmut) ;;
+    pool | pool-guarantee | pool-unbounded | bytesmut | bytesmut-budget) ;;
     before) [[ -x $before_bin ]] || {
         echo "noisy: mode before needs NOISY_BEFORE_BIN, an executable ingest binary" >&2
         exit 2
     } ;;
     *)
-        echo "noisy: unknown mode $mode (pool, pool-guarantee, pool-unbounded, bytesmut, before)" >&2
+        echo "noisy: unknown mode $mode (pool, pool-guarantee, pool-unbounded, bytesmut, bytesmut-budget, before)" >&2
         exit 2
         ;;
     esac
@@ -173,6 +177,7 @@ run_one() { # run_one MODE ROUND
     pool) flags+=(--alloc pool) ;;
     pool-guarantee) flags+=(--alloc pool --guarantee-bytes "$guarantee") ;;
     bytesmut) flags+=(--alloc bytesmut) ;;
+    bytesmut-budget) flags+=(--alloc bytesmut --bytesmut-budget "${NOISY_BYTESMUT_BUDGET:-92MiB}") ;;
     before)
         exe=$before_bin
         flags+=(--alloc pool ${NOISY_BEFORE_GUARANTEE:+--guarantee-bytes "$guarantee"})
@@ -233,7 +238,7 @@ run_one() { # run_one MODE ROUND
     n_scrapes=$(grep -c . "$scrapes" || true)
     max_live=$(sort -n "$scrapes" | tail -n1)
     ((n_scrapes > 0)) || failures+=("$mode round $round: no /metrics scrape succeeded")
-    if [[ $mode != bytesmut && $mode != pool-unbounded && -n $max_live ]] && ((max_live > budget_bytes)); then
+    if [[ $mode != bytesmut* && $mode != pool-unbounded && -n $max_live ]] && ((max_live > budget_bytes)); then
         failures+=("$mode round $round: a scrape showed buffer_pool_live_bytes $max_live, above max_live_bytes $budget_bytes")
     fi
     local line
@@ -285,7 +290,7 @@ for line in open(path):
         "flood req/s": int(f_req) / (int(f_us) / 1e6),
         "flood p99 ms": int(f_p99) / 1e3,
         "peak RSS MiB": int(peak) / 1024,
-        "max live MiB": int(max_live) / 2**20 if mode != "bytesmut" else "-",
+        "max live MiB": int(max_live) / 2**20 if not mode.startswith("bytesmut") else "-",
         "scrapes": int(scrapes),
         "503 quiet/flood": f"{b_refused}/{f_refused}",
         "errors": int(errors),
@@ -325,7 +330,7 @@ for mode in dict.fromkeys(r["mode"] for r in runs):
 
 print()
 base = median.get("bytesmut")
-for mode in ("pool", "pool-guarantee", "pool-unbounded"):
+for mode in ("pool", "pool-guarantee", "pool-unbounded", "bytesmut-budget"):
     if mode in median and base:
         m = median[mode]
         print(f"- {mode}: quiet beside the flood {m['beside req/s'] / base['beside req/s']:.2f}x the "
@@ -336,7 +341,7 @@ if "before" in median:
         if mode in median:
             print(f"- {mode}: the flood's req/s {median[mode]['flood req/s'] / median['before']['flood req/s']:.2f}x "
                   "what it got before (target >= 0.9x)")
-highest = max((r["max live MiB"] for r in runs if r["mode"] not in ("bytesmut", "pool-unbounded")),
+highest = max((r["max live MiB"] for r in runs if r["mode"] not in ("bytesmut", "bytesmut-budget", "pool-unbounded")),
               default=None)
 if highest is not None:
     print(f"- highest buffer_pool_live_bytes at any scrape: {highest:.1f} MiB "
