@@ -73,10 +73,9 @@ fn give_pages_back(_slab: &mut Vec<u8>) {}
 /// request's path.
 #[cfg(all(target_os = "linux", target_env = "gnu", not(miri)))]
 pub(crate) fn trim_allocator() {
-    // SAFETY: `malloc_trim` has no precondition: it locks each of glibc's arenas itself
-    // and only gives back pages of chunks that are free, so it is sound from any thread
-    // at any time, also while other threads allocate. Its result (whether it gave back
-    // anything) is not needed.
+    // Its result (whether it gave back anything) is not needed.
+    // SAFETY: `malloc_trim` has no precondition: it locks each of glibc's arenas itself and
+    // gives back only pages of free chunks, so it is sound from any thread at any time.
     unsafe {
         libc::malloc_trim(0);
     }
