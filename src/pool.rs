@@ -405,8 +405,9 @@ impl BufferPoolBuilder {
     /// storage step) spreads the Small cap over their caches, up to 8 slabs and 4 spare
     /// units each: `scripts/load.sh`'s server hit 18% of its Small acquires at the default
     /// and 99.4% at 4096, at no measurable difference in CPU a request (a miss costs one
-    /// `malloc`, its discard one `free`). Raise it when `buffer_pool_misses_total{class="small"}` grows beside
-    /// the hits and the misses show in a profile.
+    /// `malloc`, its discard one `free`). Raise it when
+    /// `buffer_pool_misses_total{class="small"}` grows beside the hits and the misses show
+    /// in a profile.
     pub fn max_idle_per_class(mut self, slabs: usize) -> Self {
         self.config.max_idle_per_class = slabs;
         self
