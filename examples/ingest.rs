@@ -621,12 +621,16 @@ async fn ingest_bytesmut(
     // `--bytesmut-budget`: a flooding tenant's body waits for room for its length.
     let _admitted = match &server.admission {
         Some((room, size)) if id.starts_with("flood-") => {
-            // A body the semaphore can never admit is refused, not left waiting.
+            // A body the semaphore can never admit is refused, not left waiting, and counted
+            // as the pooled handler counts a body that can never fit.
             let units = body.size_hint().lower().div_ceil(ADMISSION_UNIT);
-            let units = u32::try_from(units)
+            let Some(units) = u32::try_from(units)
                 .ok()
                 .filter(|&units| u64::from(units) <= *size)
-                .ok_or((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))?;
+            else {
+                stats.errors.fetch_add(1, Relaxed);
+                return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"));
+            };
             Some(
                 Arc::clone(room)
                     .acquire_many_owned(units)
