@@ -223,6 +223,64 @@ fn a_guarantee_is_room_only_its_tenant_uses() {
     assert_nothing_live(&snap);
 }
 
+/// Within its guarantee a tenant is served at its first poll while others wait for the
+/// budget: not queued, and not even a yield, so a guaranteed request beside a flood is
+/// never sent to the back of its executor's queue. Each waiting form, the bodies' too.
+#[test]
+fn a_guaranteed_tenant_is_served_at_its_first_poll_while_others_wait() {
+    let pool = BufferPool::builder().max_live_bytes(MIB as u64).build();
+    let (quiet, flood) = (pool.tenant("quiet"), pool.tenant("flood"));
+    quiet.set_guarantee(Some(256 * KIB as u64)).unwrap();
+    let taken: Vec<_> = (0..12).map(|_| flood.acquire(64 * KIB)).collect();
+    // The waiter holds nothing, as little as the quiet tenant: the fair order alone would
+    // queue the quiet tenant's requests behind it.
+    let thin = pool.tenant("thin");
+    let mut thin_wait = Box::pin(thin.acquire_wait(64 * KIB));
+    assert!(still_waits(&mut thin_wait));
+    assert_eq!(pool.snapshot().waiters, 1);
+
+    let rounds = if cfg!(miri) { 2 } else { 100 };
+    for round in 0..rounds {
+        let mut buf = Box::pin(quiet.acquire_wait(64 * KIB));
+        let Poll::Ready(Ok(buf)) = poll_once(&mut buf) else {
+            panic!("round {round}: acquire_wait was not served at its first poll");
+        };
+        let mut reserved = Box::pin(quiet.reserve_wait(64 * KIB as u64));
+        let Poll::Ready(Ok(reserved)) = poll_once(&mut reserved) else {
+            panic!("round {round}: reserve_wait was not served at its first poll");
+        };
+        let body = http_body_util::Full::new(bytes::Bytes::from(vec![7u8; 2 * KIB]));
+        let mut pooled = Box::pin(quiet.collect_body_wait(body, MIB));
+        let Poll::Ready(Ok(pooled)) = poll_once(&mut pooled) else {
+            panic!("round {round}: collect_body_wait was not done at its first poll");
+        };
+        let body = http_body_util::Full::new(bytes::Bytes::from(vec![7u8; 60 * KIB]));
+        let mut chain = Box::pin(quiet.collect_body_chain_wait(body, MIB));
+        let Poll::Ready(Ok(chain)) = poll_once(&mut chain) else {
+            panic!("round {round}: collect_body_chain_wait was not done at its first poll");
+        };
+        assert_eq!((pooled.len(), chain.len()), (2 * KIB, 60 * KIB));
+        assert_eq!(
+            quiet.live_bytes(),
+            (64 + 64 + 4) as u64 * KIB as u64 + chain.capacity() as u64
+        );
+        assert!(quiet.live_bytes() <= 256 * KIB as u64);
+        assert_eq!(
+            pool.snapshot().waiters,
+            1,
+            "round {round}: `thin` still waits"
+        );
+        drop((buf, reserved, pooled, chain));
+    }
+    assert_eq!(quiet.live_bytes(), 0);
+    drop(taken);
+    drop(ready(&mut thin_wait));
+    drop(thin_wait);
+    let snap = pool.snapshot();
+    assert_eq!(snap.waiters, 0);
+    assert_nothing_live(&snap);
+}
+
 /// Four flooding threads (two tenants, and untenanted buffers) take all the budget they
 /// can, from their stocks and the slow path, hand half their buffers to a thread that only
 /// drops, and exit; meanwhile the guaranteed tenant takes its whole guarantee again and
