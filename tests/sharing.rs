@@ -225,15 +225,17 @@ fn a_guarantee_is_room_only_its_tenant_uses() {
 
 /// Within its guarantee a tenant is served at its first poll while others wait for the
 /// budget: not queued, and not even a yield, so a guaranteed request beside a flood is
-/// never sent to the back of its executor's queue. Each waiting form, the bodies' too.
+/// never sent to the back of its executor's queue. The four waiting forms that take new
+/// room: `acquire_wait`, `reserve_wait`, and the bodies' (with a length).
 #[test]
 fn a_guaranteed_tenant_is_served_at_its_first_poll_while_others_wait() {
     let pool = BufferPool::builder().max_live_bytes(MIB as u64).build();
     let (quiet, flood) = (pool.tenant("quiet"), pool.tenant("flood"));
     quiet.set_guarantee(Some(256 * KIB as u64)).unwrap();
     let taken: Vec<_> = (0..12).map(|_| flood.acquire(64 * KIB)).collect();
-    // The waiter holds nothing, as little as the quiet tenant: the fair order alone would
-    // queue the quiet tenant's requests behind it.
+    // `thin` ranks as low as the quiet tenant (neither holds anything beyond a guarantee)
+    // and came first: the fair order alone would queue the quiet tenant's requests behind
+    // it.
     let thin = pool.tenant("thin");
     let mut thin_wait = Box::pin(thin.acquire_wait(64 * KIB));
     assert!(still_waits(&mut thin_wait));
