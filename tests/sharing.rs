@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll, Waker};
 
-use axon_buffer::{BufferPool, PoolError, PooledBuf};
+use axon_buffer::{BufferPool, PoolError, PooledBuf, Tenant};
 
 mod common;
 use common::assert_nothing_live;
@@ -161,15 +161,22 @@ fn guarantees_together_never_pass_max_live_bytes() {
     drop(unbounded.tenant("u").acquire(MIB));
 }
 
+/// A pool of 1 MiB whose tenant `quiet` is guaranteed 256 KiB and whose tenant `flood`
+/// holds all the rest, in twelve 64 KiB buffers.
+fn full_but_for_a_guarantee() -> (BufferPool, Tenant, Tenant, Vec<PooledBuf>) {
+    let pool = BufferPool::builder().max_live_bytes(MIB as u64).build();
+    let (quiet, flood) = (pool.tenant("quiet"), pool.tenant("flood"));
+    quiet.set_guarantee(Some(256 * KIB as u64)).unwrap();
+    let taken = (0..12).map(|_| flood.acquire(64 * KIB)).collect();
+    (pool, quiet, flood, taken)
+}
+
 /// Others are refused (or wait) rather than take a guarantee; within it the tenant never
 /// waits, even while others wait for the budget; a request past the budget less the
 /// others' guarantees fails at once.
 #[test]
 fn a_guarantee_is_room_only_its_tenant_uses() {
-    let pool = BufferPool::builder().max_live_bytes(MIB as u64).build();
-    let (quiet, flood) = (pool.tenant("quiet"), pool.tenant("flood"));
-    quiet.set_guarantee(Some(256 * KIB as u64)).unwrap();
-    let taken: Vec<_> = (0..12).map(|_| flood.acquire(64 * KIB)).collect();
+    let (pool, quiet, flood, taken) = full_but_for_a_guarantee();
     let refused = flood.try_acquire(64 * KIB).unwrap_err();
     assert!(
         matches!(refused, PoolError::PoolLimit { live, limit, .. }
@@ -229,10 +236,7 @@ fn a_guarantee_is_room_only_its_tenant_uses() {
 /// room: `acquire_wait`, `reserve_wait`, and the bodies' (with a length).
 #[test]
 fn a_guaranteed_tenant_is_served_at_its_first_poll_while_others_wait() {
-    let pool = BufferPool::builder().max_live_bytes(MIB as u64).build();
-    let (quiet, flood) = (pool.tenant("quiet"), pool.tenant("flood"));
-    quiet.set_guarantee(Some(256 * KIB as u64)).unwrap();
-    let taken: Vec<_> = (0..12).map(|_| flood.acquire(64 * KIB)).collect();
+    let (pool, quiet, _flood, taken) = full_but_for_a_guarantee();
     // `thin` ranks as low as the quiet tenant (neither holds anything beyond a guarantee)
     // and came first: the fair order alone would queue the quiet tenant's requests behind
     // it.
