@@ -230,6 +230,20 @@ fn a_guarantee_is_room_only_its_tenant_uses() {
     assert_nothing_live(&snap);
 }
 
+/// The output of `fut`'s first poll, which must be ready and `Ok`.
+#[track_caller]
+fn at_first_poll<T, E: std::fmt::Debug>(
+    fut: impl Future<Output = Result<T, E>>,
+    what: &str,
+    round: usize,
+) -> T {
+    match poll_once(&mut Box::pin(fut)) {
+        Poll::Ready(Ok(out)) => out,
+        Poll::Ready(Err(err)) => panic!("round {round}: {what} failed: {err:?}"),
+        Poll::Pending => panic!("round {round}: {what} was not done at its first poll"),
+    }
+}
+
 /// Within its guarantee a tenant is served at its first poll while others wait for the
 /// budget: not queued, and not even a yield, so a guaranteed request beside a flood is
 /// never sent to the back of its executor's queue. The four waiting forms that take new
@@ -247,24 +261,17 @@ fn a_guaranteed_tenant_is_served_at_its_first_poll_while_others_wait() {
 
     let rounds = if cfg!(miri) { 2 } else { 100 };
     for round in 0..rounds {
-        let mut buf = Box::pin(quiet.acquire_wait(64 * KIB));
-        let Poll::Ready(Ok(buf)) = poll_once(&mut buf) else {
-            panic!("round {round}: acquire_wait was not served at its first poll");
-        };
-        let mut reserved = Box::pin(quiet.reserve_wait(64 * KIB as u64));
-        let Poll::Ready(Ok(reserved)) = poll_once(&mut reserved) else {
-            panic!("round {round}: reserve_wait was not served at its first poll");
-        };
+        let buf = at_first_poll(quiet.acquire_wait(64 * KIB), "acquire_wait", round);
+        let reserved = at_first_poll(quiet.reserve_wait(64 * KIB as u64), "reserve_wait", round);
         let body = http_body_util::Full::new(bytes::Bytes::from(vec![7u8; 2 * KIB]));
-        let mut pooled = Box::pin(quiet.collect_body_wait(body, MIB));
-        let Poll::Ready(Ok(pooled)) = poll_once(&mut pooled) else {
-            panic!("round {round}: collect_body_wait was not done at its first poll");
-        };
+        let pooled = at_first_poll(
+            quiet.collect_body_wait(body, MIB),
+            "collect_body_wait",
+            round,
+        );
         let body = http_body_util::Full::new(bytes::Bytes::from(vec![7u8; 60 * KIB]));
-        let mut chain = Box::pin(quiet.collect_body_chain_wait(body, MIB));
-        let Poll::Ready(Ok(chain)) = poll_once(&mut chain) else {
-            panic!("round {round}: collect_body_chain_wait was not done at its first poll");
-        };
+        let chain = quiet.collect_body_chain_wait(body, MIB);
+        let chain = at_first_poll(chain, "collect_body_chain_wait", round);
         assert_eq!((pooled.len(), chain.len()), (2 * KIB, 60 * KIB));
         assert_eq!(
             quiet.live_bytes(),
