@@ -329,13 +329,21 @@ impl PooledBuf {
     /// has room), or `TooLarge`.
     #[inline]
     fn growth_needed(&self, additional: usize) -> Result<Option<usize>, PoolError> {
-        let needed = self.len().checked_add(additional);
-        if let Some(needed) = needed {
-            if needed <= self.capacity() && needed <= self.pool.config.max_request_bytes {
-                return Ok(None);
-            }
+        if self.fits(additional) {
+            return Ok(None);
         }
-        self.pool.check_request(needed).map(Some)
+        self.pool
+            .check_request(self.len().checked_add(additional))
+            .map(Some)
+    }
+
+    /// Whether `additional` more bytes fit as the buffer is: within its capacity and
+    /// `max_request_bytes`, so that a reserve is a no-op.
+    #[inline]
+    pub(crate) fn fits(&self, additional: usize) -> bool {
+        self.len().checked_add(additional).is_some_and(|needed| {
+            needed <= self.capacity() && needed <= self.pool.config.max_request_bytes
+        })
     }
 
     /// Moves the buffer to a slab that holds `needed` bytes, charging the difference first.

@@ -304,15 +304,22 @@ impl PooledChain {
         self.owner.parts().0.config.max_request_bytes
     }
 
+    /// Whether `additional` more bytes fit in the segments the chain holds, within
+    /// `max_request_bytes`: a reserve is then a no-op.
+    #[inline]
+    pub(crate) fn fits(&self, additional: usize) -> bool {
+        self.len
+            .checked_add(additional)
+            .is_some_and(|total| total <= self.capacity && total <= self.max_request())
+    }
+
     /// What the chain must take to hold `additional` more bytes (`None`: it has room), and
     /// the length it asks for, or `TooLarge` past `max_request_bytes` or on overflow.
     fn plan(&self, additional: usize) -> Result<Option<Plan>, PoolError> {
-        let total = self.len.checked_add(additional);
-        if let Some(total) = total {
-            if total <= self.capacity && total <= self.max_request() {
-                return Ok(None);
-            }
+        if self.fits(additional) {
+            return Ok(None);
         }
+        let total = self.len.checked_add(additional);
         let total = self.owner.parts().0.check_request(total)?;
         if total <= self.capacity {
             return Ok(None);
