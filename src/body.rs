@@ -606,7 +606,7 @@ impl Sink for PooledChain {
 
 /// The copying half of the collect loops: frames are polled and copied in a plain
 /// function, and the async loop around it awaits only to make room. With the copy inside
-/// the async loop, a 64 KiB body with a length took 7-9% longer (`benches/chain.rs`,
+/// the async loop, a 64 KiB body with a length took 7-10% longer (`benches/chain.rs`,
 /// 2026-12-07), although it never waited: the awaits for room, never taken, slowed the
 /// copy loop itself.
 struct Intake<D> {
