@@ -19,6 +19,17 @@
 
 local KIB, MIB = 1024, 1024 * 1024
 
+-- NOISY_LUA_FLOOD_DELAY_MS (set by noisy.sh on the flood's command line only, from
+-- NOISY_FLOOD_DELAY_MS): each connection waits this long before each request, so the
+-- client, not the server, sets the flood's pace. Unset, no delay() is defined and wrk
+-- sends each request as soon as the last one is answered.
+local flood_delay = tonumber(os.getenv("NOISY_LUA_FLOOD_DELAY_MS") or "")
+if flood_delay then
+    function delay()
+        return flood_delay
+    end
+end
+
 local threads = {}
 local next_id = 1
 

@@ -34,6 +34,11 @@
 # Rounds interleave the modes (each round starts one mode later). One Markdown table
 # follows: every run, the median of each mode, and the targets' ratios.
 #
+# NOISY_FLOOD_DELAY_MS (unset by default: the flood sends as fast as it is answered) makes
+# each flooding connection wait that many milliseconds before each upload, a diagnostic:
+# the client then sets the flood's pace, so every mode faces the same flood instead of the
+# faster server drawing a heavier one onto the shared cores.
+#
 # NOISY_MAX_IDLE_BYTES (bytes, or with a suffix KiB, MiB or GiB; unset: the crate's default,
 # 256 MiB) sets the pool's `max_idle_bytes` (`--max-idle-bytes`) in every mode but before;
 # issue 17's scenario sets it to a quarter of the budget, 24MiB. The summary then reports
@@ -70,6 +75,11 @@ hard_limit_flag=64MiB
 guarantee=${NOISY_GUARANTEE:-4MiB}
 before_bin=${NOISY_BEFORE_BIN:-}
 max_idle=${NOISY_MAX_IDLE_BYTES:-}
+flood_delay=${NOISY_FLOOD_DELAY_MS:-}
+if [[ -n $flood_delay && ! $flood_delay =~ ^[0-9]+$ ]]; then
+    echo "noisy: NOISY_FLOOD_DELAY_MS is a whole number of milliseconds, not $flood_delay" >&2
+    exit 2
+fi
 max_idle_bytes=$((256 << 20))
 if [[ -n $max_idle ]]; then
     [[ $max_idle =~ ^([0-9]+)(B|KiB|MiB|GiB)?$ ]] || {
@@ -202,7 +212,8 @@ run_one() { # run_one MODE ROUND
     local flood_log=$work/$mode-$round.flood.log beside=$work/$mode-$round.beside.log
     local scrapes=$work/$mode-$round.scrapes
     : >"$scrapes"
-    wrk -t2 -c32 -d"$((seconds + 2))s" --timeout 15s -s scripts/noisy.lua "$addr" -- flood 8 \
+    NOISY_LUA_FLOOD_DELAY_MS=$flood_delay \
+        wrk -t2 -c32 -d"$((seconds + 2))s" --timeout 15s -s scripts/noisy.lua "$addr" -- flood 8 \
         >"$flood_log" 2>&1 &
     local flood=$!
     pids+=("$flood")
@@ -263,7 +274,7 @@ run_one() { # run_one MODE ROUND
     echo "noisy: $mode round $round: quiet $(field requests "$a") alone, $(field requests "$b") beside $(field requests "$f") flood requests, server $verdict"
 }
 
-echo "noisy: $rounds round(s) of ${seconds} s per phase; modes: ${modes[*]}; budget $budget_flag, hard limits $hard_limit_flag"
+echo "noisy: $rounds round(s) of ${seconds} s per phase; modes: ${modes[*]}; budget $budget_flag, hard limits $hard_limit_flag${flood_delay:+; each flooding connection waits $flood_delay ms before each upload}"
 for round in $(seq "$rounds"); do
     for i in "${!modes[@]}"; do
         run_one "${modes[$(((i + round - 1) % ${#modes[@]}))]}" "$round"
