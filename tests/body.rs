@@ -3,8 +3,11 @@
 //! of each refusal, and (feature `axum`) the responses and a real loopback server.
 
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use axon_buffer::{BufferPool, BufferPoolSnapshot, CollectError, PoolClass, PoolError};
@@ -448,6 +451,51 @@ async fn max_request_bytes_bounds_a_body_within_its_slab() {
     let snap = pool.snapshot();
     assert_eq!(acquisitions(&snap, PoolClass::Medium), 2); // the slabs were taken
     assert_nothing_live(&snap);
+}
+
+/// A body whose frames are all ready at once is not copied in one poll: after each MiB
+/// copied, `collect_body` and `collect_body_chain` wake their task and return `Pending`, so
+/// one large upload does not hold an executor's thread for its whole copy.
+#[test]
+fn collecting_yields_after_each_mib_copied() {
+    struct Wakes(AtomicUsize);
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+    /// Polls `fut` to the end: its output and how often it returned `Pending`, checking
+    /// that each `Pending` woke the task first.
+    fn polled<F: Future>(fut: F) -> (F::Output, usize) {
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = pin!(fut);
+        let mut pending = 0;
+        loop {
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(out) => return (out, pending),
+                Poll::Pending => {
+                    pending += 1;
+                    assert_eq!(wakes.0.load(Relaxed), pending, "a yield wakes its task");
+                }
+            }
+        }
+    }
+
+    let pool = BufferPool::default();
+    let tenant = pool.tenant("acme");
+    let data = pattern(3 * MIB + 100);
+    let (buf, pending) = polled(tenant.collect_body(exact(&data, 16 * KIB), 4 * MIB));
+    assert_same(&buf.unwrap(), &data);
+    assert_eq!(pending, 3, "a yield after each of the 3 whole MiB");
+    let (chain, pending) = polled(tenant.collect_body_chain(chunked(&data, 16 * KIB), 4 * MIB));
+    assert_same(&chain.unwrap().freeze().to_bytes(), &data);
+    assert_eq!(pending, 3, "a yield after each of the 3 whole MiB");
+    let (buf, pending) = polled(tenant.collect_body(exact(&data.slice(..MIB), 16 * KIB), MIB));
+    assert_eq!(buf.unwrap().len(), MIB);
+    assert_eq!(pending, 0, "the body ends with its first MiB");
+    assert_nothing_live(&pool.snapshot());
 }
 
 #[test]
