@@ -422,34 +422,33 @@ async fn pool_limits_are_the_pool_variant() {
     assert_nothing_live(&pool.snapshot());
 }
 
-/// A buffer whose slab is bigger than `max_request_bytes` (a lower-bound hint of 4500
+/// A buffer or chain holding more than `max_request_bytes` (a lower-bound hint of 4500
 /// bytes takes a 64 KiB slab) still refuses the bytes past it: a body that sends more than
-/// its hint is `TooLarge` at `max_request_bytes`, with room left in the slab.
+/// its hint is `TooLarge` at `max_request_bytes`, with room left in the slab, in every
+/// collect form, and nothing is kept.
 #[tokio::test]
 async fn max_request_bytes_bounds_a_body_within_its_slab() {
     let pool = BufferPool::builder().max_request_bytes(5000).build();
     let tenant = pool.tenant("acme");
     let data = pattern(6000);
-    let lying = Exact {
+    let lying = || Exact {
         body: chunked(&data, 1500),
         hint: 4500,
     };
-    let err = tenant.collect_body(lying, MIB).await.unwrap_err();
-    assert!(
-        matches!(err, CollectError::Pool(PoolError::TooLarge { .. })),
-        "{err:?}"
-    );
-    let lying = Exact {
-        body: chunked(&data, 1500),
-        hint: 4500,
-    };
-    let err = tenant.collect_body_wait(lying, MIB).await.unwrap_err();
-    assert!(
-        matches!(err, CollectError::Pool(PoolError::TooLarge { .. })),
-        "{err:?}"
-    );
+    let errors = [
+        tenant.collect_body(lying(), MIB).await.err(),
+        tenant.collect_body_wait(lying(), MIB).await.err(),
+        tenant.collect_body_chain(lying(), MIB).await.err(),
+        tenant.collect_body_chain_wait(lying(), MIB).await.err(),
+    ];
+    for err in errors {
+        assert!(
+            matches!(err, Some(CollectError::Pool(PoolError::TooLarge { .. }))),
+            "{err:?}"
+        );
+    }
     let snap = pool.snapshot();
-    assert_eq!(acquisitions(&snap, PoolClass::Medium), 2); // the slabs were taken
+    assert_eq!(acquisitions(&snap, PoolClass::Medium), 4); // the slabs were taken
     assert_nothing_live(&snap);
 }
 

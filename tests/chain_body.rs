@@ -234,44 +234,6 @@ fn errors_charge_nothing_and_keep_nothing() {
     assert_nothing_live(&pool.snapshot());
 }
 
-/// A chain whose segments hold more than `max_request_bytes` (a lower-bound hint of 4500
-/// bytes takes a 64 KiB slab) still refuses the bytes past it: `TooLarge`, nothing kept.
-#[test]
-fn max_request_bytes_bounds_a_body_within_its_segments() {
-    let pool = BufferPool::builder()
-        .max_request_bytes(5000)
-        .idle_decay_thread(false)
-        .build();
-    let t = pool.tenant("t");
-    let data = pattern(6000);
-    current_thread().block_on(async {
-        let lying = bodies::Exact {
-            body: chunked(&data, 1500),
-            hint: 4500,
-        };
-        let err = t.collect_body_chain(lying, MIB).await.unwrap_err();
-        assert!(
-            matches!(err, CollectError::Pool(PoolError::TooLarge { .. })),
-            "{err:?}"
-        );
-        let lying = bodies::Exact {
-            body: chunked(&data, 1500),
-            hint: 4500,
-        };
-        let err = t.collect_body_chain_wait(lying, MIB).await.unwrap_err();
-        assert!(
-            matches!(err, CollectError::Pool(PoolError::TooLarge { .. })),
-            "{err:?}"
-        );
-    });
-    let snap = pool.snapshot();
-    assert_eq!(
-        snap.pool_hits[&PoolClass::Medium] + snap.pool_misses[&PoolClass::Medium],
-        2
-    );
-    assert_nothing_live(&snap);
-}
-
 /// `collect_body_chain_wait` waits for room held by someone else, then reads the body.
 #[test]
 fn waiting_collect_is_served_when_room_frees() {
