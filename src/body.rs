@@ -609,11 +609,6 @@ impl Sink for PooledChain {
     }
 }
 
-/// The copying half of the collect loops: frames are polled and copied in a plain
-/// function, and the async loop around it awaits only to make room. With the copy inside
-/// the async loop, a 64 KiB body with a length took 7-10% longer (`benches/chain.rs`,
-/// 2026-12-07), although it never waited: the awaits for room, never taken, slowed the
-/// copy loop itself.
 /// Bytes the collect loops copy in one poll before they hand the thread back to the
 /// executor (waking their task first), as tokio's cooperative budget does for its own
 /// resources. A body whose frames are all ready at once (an upload that waited for room
@@ -623,6 +618,11 @@ impl Sink for PooledChain {
 /// flood got 1.25x the requests/s it got without the yield.
 const YIELD_AFTER: usize = 1 << 20;
 
+/// The copying half of the collect loops: frames are polled and copied in a plain
+/// function, and the async loop around it awaits only to make room. With the copy inside
+/// the async loop, a 64 KiB body with a length took 7-10% longer (`benches/chain.rs`,
+/// 2026-12-07), although it never waited: the awaits for room, never taken, slowed the
+/// copy loop itself.
 struct Intake<D> {
     /// A chunk that did not fit, kept while room is made for it, or one that arrived
     /// after [`YIELD_AFTER`] bytes, kept over the yield.
