@@ -321,9 +321,9 @@ impl PooledChain {
         }
         let total = self.len.checked_add(additional);
         let total = self.owner.parts().0.check_request(total)?;
-        if total <= self.capacity {
-            return Ok(None);
-        }
+        // `check_request` passed, so `total` is within `max_request_bytes`: it does not
+        // fit only because it passes the capacity.
+        debug_assert!(total > self.capacity);
         let plan = Plan::for_bytes(total - self.capacity, self.segments.is_empty());
         Ok(Some(plan))
     }
