@@ -17,9 +17,18 @@
 //! (`BytesMut::with_capacity(lower bound)`, `extend_from_slice` per frame),
 //! `collect-to-bytes` (`BodyExt::collect().await?.to_bytes()`).
 //!
+//! Before each arm the bench writes a 256 MiB scratch buffer, so every arm starts from
+//! caches that no other arm warmed for it. Without that, the arms that use the allocator
+//! (`bytes-mut`, `collect-to-bytes`, and `pooled-buf` past 10 MiB) share one freed block a
+//! size and often start on it hot, while the chain arms start on slabs only they touch:
+//! measured on a 2-core Xeon (2026-12-07), 12 MiB bodies read chain / `bytes-mut` 1.12x
+//! with a length and 1.09x without in the old order, 1.01x and 1.06x with the scratch
+//! pass, and 1.01x and 1.02x run alone (one arm a process); `-- warm` keeps the old order.
+//!
 //! ```sh
 //! cargo bench --bench chain            # 15 rounds
 //! cargo bench --bench chain -- 31      # more rounds
+//! cargo bench --bench chain -- 31 warm # no scratch pass: arms inherit each other's caches
 //! cargo bench --bench chain -- fresh 100  # chunked 12 MiB bodies in a fresh process
 //! ```
 
@@ -187,6 +196,10 @@ fn label(size: usize) -> String {
     }
 }
 
+/// The buffer written before each arm: larger than any last-level cache a 2-core machine
+/// shares out.
+const SCRATCH: usize = 256 * MIB;
+
 /// Cycles per round of the Small-payload arms.
 const CYCLES: usize = 100_000;
 
@@ -305,6 +318,8 @@ fn main() {
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); arms.len()];
     let mut faults: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); arms.len()];
+    // Evicts what the previous arm left in the caches (see the module docs).
+    let mut scratch = (!std::env::args().any(|a| a == "warm")).then(|| vec![0u8; SCRATCH]);
     // A fresh order every round (a seeded shuffle, not a rotation): a rotation keeps every
     // arm behind the same predecessor, and an arm that runs right after one that freed a
     // block of its size reuses that block hot in the caches (measured: `bytes-mut` right
@@ -319,6 +334,11 @@ fn main() {
             order.swap(k, (seed % (k as u64 + 1)) as usize);
         }
         for &i in &order {
+            if let Some(scratch) = scratch.as_mut() {
+                // Read and written through the caches (a `fill` may stream past them).
+                scratch.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+                black_box(&scratch);
+            }
             let before = minor_faults();
             let start = Instant::now();
             (arms[i].1)();
