@@ -497,6 +497,83 @@ fn collecting_yields_after_each_mib_copied() {
     assert_nothing_live(&pool.snapshot());
 }
 
+/// Under tokio the yield goes through tokio's scheduler (`yield_now`): a request whose
+/// socket becomes ready while an upload is copied runs after the next MiB, not once the
+/// worker's event interval (61 polls) comes round or the upload ends. Measured in
+/// `scripts/noisy.sh`: the quiet tenant's requests wait behind the flood's copies.
+#[test]
+fn a_request_ready_on_its_socket_runs_between_the_mib_of_a_copy() {
+    /// Counts the frames the collector takes, and writes to `client` when it takes the
+    /// frame after the first MiB.
+    struct Counting<B> {
+        body: B,
+        taken: Arc<AtomicUsize>,
+        client: std::net::TcpStream,
+    }
+    impl<B: Body + Unpin> Body for Counting<B> {
+        type Data = B::Data;
+        type Error = B::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+            if self.taken.fetch_add(1, Relaxed) == MIB / (16 * KIB) {
+                std::io::Write::write_all(&mut self.client, b"GET").unwrap();
+            }
+            Pin::new(&mut self.body).poll_frame(cx)
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_io()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = BufferPool::default();
+        let tenant = pool.tenant("acme");
+        let data = pattern(16 * MIB);
+        let taken = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let body = Counting {
+            body: chunked(&data, 16 * KIB),
+            taken: Arc::clone(&taken),
+            client,
+        };
+        let (reader, collected) = tokio::spawn(async move {
+            // Both on the one worker: the reader waits on its socket, then the collect
+            // runs and makes the socket ready after its first MiB.
+            let reader = tokio::spawn({
+                let taken = Arc::clone(&taken);
+                async move {
+                    let mut server = server;
+                    let mut request = [0; 3];
+                    tokio::io::AsyncReadExt::read_exact(&mut server, &mut request)
+                        .await
+                        .unwrap();
+                    taken.load(Relaxed)
+                }
+            });
+            tokio::task::yield_now().await;
+            let collected = tokio::spawn(async move { tenant.collect_body(body, 16 * MIB).await });
+            (reader, collected)
+        })
+        .await
+        .unwrap();
+        let buf = collected.await.unwrap().unwrap();
+        assert_same(&buf, &data);
+        let frames_before_the_reader = reader.await.unwrap();
+        assert!(
+            frames_before_the_reader <= 3 * MIB / (16 * KIB) + 1,
+            "the reader ran after {frames_before_the_reader} frames of 16 KiB"
+        );
+        drop(buf);
+        assert_nothing_live(&pool.snapshot());
+    });
+}
+
 #[test]
 fn status_code_of_every_error() {
     let refusals = [
