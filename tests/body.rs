@@ -498,9 +498,9 @@ fn collecting_yields_after_each_mib_copied() {
 }
 
 /// Under tokio the yield goes through tokio's scheduler (`yield_now`): a request whose
-/// socket becomes ready while an upload is copied runs within a MiB or two (after 2 MiB of
-/// this 16 MiB body here), not once the worker's event interval (61 polls) comes round or
-/// the upload ends (after all 16 MiB when the task woke itself).
+/// socket becomes ready while an upload is copied runs after the next MiB, not once the
+/// worker's event interval (61 polls) comes round or the upload ends. Measured in
+/// `scripts/noisy.sh`: the quiet tenant's requests wait behind the flood's copies.
 #[test]
 fn a_request_ready_on_its_socket_runs_between_the_mib_of_a_copy() {
     /// Counts the frames the collector takes, and writes to `client` when it takes the
@@ -566,7 +566,7 @@ fn a_request_ready_on_its_socket_runs_between_the_mib_of_a_copy() {
         assert_same(&buf, &data);
         let frames_before_the_reader = reader.await.unwrap();
         assert!(
-            frames_before_the_reader <= 4 * MIB / (16 * KIB) + 1,
+            frames_before_the_reader <= 3 * MIB / (16 * KIB) + 1,
             "the reader ran after {frames_before_the_reader} frames of 16 KiB"
         );
         drop(buf);
