@@ -16,10 +16,8 @@
 //!    whole frame does not fit as the buffer is, `try_reserve` makes room for it first (the
 //!    buffer grows by its usual promotion rule; a refusal is an error, never a panic).
 //!    Trailers are skipped. After each MiB copied in one poll the loop yields to the
-//!    executor, so a body whose frames are all ready at once does not hold a worker thread
-//!    for its whole copy. With the `tokio` feature (which `axum` brings) it yields through
-//!    `tokio::task::yield_now`, so the worker polls its I/O driver before the copy goes on;
-//!    elsewhere it wakes its own task.
+//!    executor (waking its task), so a body whose frames are all ready at once does not
+//!    hold a worker thread for its whole copy.
 //! 3. On any error the buffer is dropped before the error is returned: the tenant and the
 //!    pool are charged nothing, and nothing of the body is kept.
 //!
@@ -612,10 +610,10 @@ impl Sink for PooledChain {
 }
 
 /// Bytes the collect loops copy in one poll before they hand the thread back to the
-/// executor ([`yield_now`]), as tokio's cooperative budget does for its own resources. A
-/// body whose frames are all ready at once (an upload that waited for room while its
-/// socket filled) would otherwise hold a worker thread for its whole copy while other
-/// requests wait. 1 MiB is 50-200 µs of copying; the yield costs one more poll. In
+/// executor (waking their task first), as tokio's cooperative budget does for its own
+/// resources. A body whose frames are all ready at once (an upload that waited for room
+/// while its socket filled) would otherwise hold a worker thread for its whole copy while
+/// other requests wait. 1 MiB is 50-200 µs of copying; the yield costs one more poll. In
 /// `scripts/noisy.sh` (2026-12-07, 24 rounds) the guaranteed quiet tenant beside the
 /// flood got 1.25x the requests/s it got without the yield; 256 KiB gave it no more (0.97x
 /// what 1 MiB gave, 12 rounds).
@@ -693,7 +691,7 @@ impl<D: Buf> Intake<D> {
             if self.copied >= YIELD_AFTER {
                 self.copied = 0;
                 self.pending = Some(data);
-                yield_now(cx);
+                cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
             let len = data.remaining();
@@ -710,33 +708,6 @@ impl<D: Buf> Intake<D> {
             self.copied += len;
         }
     }
-}
-
-/// Arranges for the task to be polled again after the executor has had its turn.
-///
-/// With the `tokio` feature, through `tokio::task::yield_now`: a tokio worker keeps the
-/// wake until it has run the rest of its queue and polled its I/O driver, so a request
-/// whose socket became ready meanwhile runs before the copy goes on (outside a tokio
-/// worker it wakes at once). A task that wakes itself instead goes to the back of the
-/// worker's queue and, alone there, runs again at once: the driver is polled only every 61
-/// polls (tokio's `event_interval`), so a ready request waited for up to 61 MiB of copying
-/// (`tests/body.rs`: on a one-worker runtime it ran after the whole 16 MiB body, now after
-/// 2 MiB). In `scripts/noisy.sh` on a 2-core Xeon (2026-12-07, 10 interleaved rounds) the
-/// change moved nothing beyond the noise: the guaranteed quiet tenant got 1.05x its
-/// requests/s (90%: 0.76-1.49), p99 1.01x, the flood 0.99x.
-///
-/// Without the feature (any executor), by waking the task at once.
-fn yield_now(cx: &mut Context<'_>) {
-    #[cfg(feature = "tokio")]
-    {
-        // Its first poll hands a clone of the waker to the worker and returns `Pending`;
-        // the future itself holds nothing more, so dropping it keeps the wake.
-        let mut yielded = pin!(tokio::task::yield_now());
-        if yielded.as_mut().poll(cx).is_pending() {
-            return;
-        }
-    }
-    cx.waker().wake_by_ref();
 }
 
 /// How a chain collector makes room: at once (`Now`) or waiting (`Wait`).
