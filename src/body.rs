@@ -616,7 +616,10 @@ impl Sink for PooledChain {
 /// other requests wait. 1 MiB is 50-200 µs of copying; the yield costs one more poll. In
 /// `scripts/noisy.sh` (2026-12-07, 24 rounds) the guaranteed quiet tenant beside the
 /// flood got 1.25x the requests/s it got without the yield; 256 KiB gave it no more (0.97x
-/// what 1 MiB gave, 12 rounds).
+/// what 1 MiB gave, 12 rounds). The task wakes itself, through whatever executor runs it:
+/// a yield through `tokio::task::yield_now` (the worker polls its I/O driver first) gained
+/// nothing there (1.05x, 90%: 0.76-1.49, 10 rounds) and hung a collect driven by another
+/// executor on a tokio worker thread (`tests/body.rs`).
 const YIELD_AFTER: usize = 1 << 20;
 
 /// The copying half of the collect loops: frames are polled and copied in a plain

@@ -497,6 +497,41 @@ fn collecting_yields_after_each_mib_copied() {
     assert_nothing_live(&pool.snapshot());
 }
 
+/// The yield after each MiB wakes the task through the waker it was polled with, whatever
+/// runs it: a collect driven by another executor on a tokio worker thread (here
+/// `futures::executor::block_on` inside a task) completes. A yield through
+/// `tokio::task::yield_now` (tried on 2026-12-07) hands the wake to the tokio worker,
+/// which never gets it back while its task blocks, and this hung.
+#[test]
+fn collecting_under_another_executor_on_a_tokio_worker_completes() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let len = rt.block_on(async {
+            tokio::spawn(async {
+                let pool = BufferPool::default();
+                let tenant = pool.tenant("acme");
+                let data = pattern(4 * MIB);
+                let body = chunked(&data, 64 * KIB);
+                let buf = futures_executor::block_on(tenant.collect_body(body, 8 * MIB));
+                let len = buf.unwrap().len();
+                assert_nothing_live(&pool.snapshot());
+                len
+            })
+            .await
+            .unwrap()
+        });
+        done.send(len).unwrap();
+    });
+    let len = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the collect never woke again");
+    assert_eq!(len, 4 * MIB);
+}
+
 #[test]
 fn status_code_of_every_error() {
     let refusals = [
