@@ -23,7 +23,7 @@
 //! size and often start on it hot, while the chain arms start on slabs only they touch:
 //! measured on a 2-core Xeon (2026-12-07), 12 MiB bodies read chain / `bytes-mut` 1.12x
 //! with a length and 1.09x without in the old order, 1.01x and 1.06x with the scratch
-//! pass, and 1.01x and 1.02x run alone (one arm a process); `-- warm` keeps the old order.
+//! pass, and 0.99x and 1.01x run alone (one arm a process); `-- warm` keeps the old order.
 //!
 //! ```sh
 //! cargo bench --bench chain            # 15 rounds
