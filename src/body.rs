@@ -39,6 +39,7 @@ use std::task::{Context, Poll};
 use bytes::Buf;
 use http_body::Body;
 
+use crate::inner::{AccountPtr, PoolRef};
 use crate::{BufferPool, PoolError, PooledBuf, PooledChain, Tenant};
 
 /// Why [`Tenant::collect_body`] or [`BufferPool::collect_body`] gave no buffer. `E` is the
@@ -278,7 +279,7 @@ impl Tenant {
         B: Body,
         B::Data: Buf,
     {
-        collect_chain(self.chain(), Now, body, max).await
+        collect_chain(self, Now, body, max).await
     }
 
     /// [`collect_body_chain`](Self::collect_body_chain), waiting for room instead of
@@ -329,7 +330,7 @@ impl Tenant {
         B: Body,
         B::Data: Buf,
     {
-        collect_chain(self.chain(), Wait, body, max).await
+        collect_chain(self, Wait, body, max).await
     }
 }
 
@@ -426,7 +427,7 @@ impl BufferPool {
         B: Body,
         B::Data: Buf,
     {
-        collect_chain(self.chain(), Now, body, max).await
+        collect_chain(self, Now, body, max).await
     }
 
     /// [`collect_body_chain`](Self::collect_body_chain), waiting for room while
@@ -444,7 +445,7 @@ impl BufferPool {
         B: Body,
         B::Data: Buf,
     {
-        collect_chain(self.chain(), Wait, body, max).await
+        collect_chain(self, Wait, body, max).await
     }
 }
 
@@ -713,11 +714,14 @@ impl<D: Buf> Intake<D> {
     }
 }
 
-/// How a chain collector makes room: at once (`Now`) or waiting (`Wait`).
+/// How a chain collector makes room, through its handle's `pool` and `tenant`: at once
+/// (`Now`) or waiting (`Wait`).
 trait ChainRoom {
     fn make_room(
         &self,
         chain: &mut PooledChain,
+        pool: PoolRef,
+        tenant: Option<AccountPtr>,
         additional: usize,
     ) -> impl Future<Output = Result<(), PoolError>>;
 }
@@ -732,9 +736,11 @@ impl ChainRoom for Now {
     fn make_room(
         &self,
         chain: &mut PooledChain,
+        pool: PoolRef,
+        tenant: Option<AccountPtr>,
         additional: usize,
     ) -> impl Future<Output = Result<(), PoolError>> {
-        future::ready(chain.try_reserve(additional))
+        future::ready(chain.try_reserve_as(pool, tenant, additional))
     }
 }
 
@@ -742,16 +748,22 @@ impl ChainRoom for Wait {
     fn make_room(
         &self,
         chain: &mut PooledChain,
+        pool: PoolRef,
+        tenant: Option<AccountPtr>,
         additional: usize,
     ) -> impl Future<Output = Result<(), PoolError>> {
-        chain.reserve_wait(additional)
+        chain.reserve_wait_as(pool, tenant, additional)
     }
 }
 
 /// The loop of `collect_body_chain`: the loop of `collect_body` into a chain, whose room
 /// for the size hint's lower bound is made before the first frame.
-async fn collect_chain<R, B>(
-    mut chain: PooledChain,
+///
+/// The chain is [`lent`](PooledChain::lent): its steps are charged through `handle`, which
+/// the caller holds throughout, and it keeps no handle of its own, only its first segment
+/// (`chain.rs`, `Owner::First`). An empty body returns `handle`'s own empty chain.
+async fn collect_chain<R, B, H>(
+    handle: &H,
     room: R,
     body: B,
     max: usize,
@@ -759,17 +771,51 @@ async fn collect_chain<R, B>(
 where
     R: ChainRoom,
     B: Body,
+    H: ChainHandle,
 {
+    let (pool, tenant) = handle.parts();
+    let mut chain = PooledChain::lent(pool);
     let lower = lower_bound(&body, max)?;
     if lower > 0 {
-        room.make_room(&mut chain, lower).await?;
+        room.make_room(&mut chain, pool.clone(), tenant, lower)
+            .await?;
     }
     let mut body = pin!(body);
     let mut intake = Intake::new(max);
     while let Step::Room(len) =
         future::poll_fn(|cx| intake.fill(cx, body.as_mut(), &mut chain)).await?
     {
-        room.make_room(&mut chain, len).await?;
+        room.make_room(&mut chain, pool.clone(), tenant, len)
+            .await?;
     }
-    Ok(chain)
+    match chain.segments() {
+        0 => Ok(handle.chain()),
+        _ => Ok(chain),
+    }
+}
+
+/// A handle a chain can be collected through: a [`Tenant`] or the [`BufferPool`].
+trait ChainHandle {
+    /// The pool and the account its chains are charged to.
+    fn parts(&self) -> (&PoolRef, Option<AccountPtr>);
+    /// An empty chain with a clone of this handle.
+    fn chain(&self) -> PooledChain;
+}
+
+impl ChainHandle for Tenant {
+    fn parts(&self) -> (&PoolRef, Option<AccountPtr>) {
+        Tenant::parts(self)
+    }
+    fn chain(&self) -> PooledChain {
+        Tenant::chain(self)
+    }
+}
+
+impl ChainHandle for BufferPool {
+    fn parts(&self) -> (&PoolRef, Option<AccountPtr>) {
+        BufferPool::parts(self)
+    }
+    fn chain(&self) -> PooledChain {
+        BufferPool::chain(self)
+    }
 }

@@ -141,6 +141,14 @@ impl PooledBuf {
         self
     }
 
+    /// The pool and the account this buffer is charged through; its charge keeps the
+    /// account valid for as long as the buffer lives (a chain owned by its first segment
+    /// charges its next ones through these).
+    #[inline]
+    pub(crate) fn parts(&self) -> (&PoolRef, Option<AccountPtr>) {
+        (&self.pool, self.tenant)
+    }
+
     /// The size class of the slab this buffer holds now (it changes when a write promotes it).
     pub fn class(&self) -> PoolClass {
         self.class

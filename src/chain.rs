@@ -126,26 +126,28 @@ pub struct PooledChain {
     len: usize,
     /// The segments' capacities summed: what the chain is charged.
     capacity: usize,
-    /// Who the segments are charged to; the first segment comes through it.
+    /// Who the segments are charged to.
     owner: Owner,
+    /// `max_request_bytes`, which bounds the chain's length as it bounds a buffer's.
+    max_request: usize,
 }
 
-/// The handle a chain's segments are charged through: it keeps the tenant's account alive
-/// for as long as the chain may charge it.
-#[derive(Clone)]
+/// What a chain's segments are charged through: something that keeps the tenant's account
+/// alive for as long as the chain may charge it.
 enum Owner {
+    /// A handle of its own ([`Tenant::chain`]).
     Tenant(Tenant),
+    /// The pool's handle ([`BufferPool::chain`]), no tenant.
     Pool(BufferPool),
-}
-
-impl Owner {
-    /// The pool and the account the segments are charged to.
-    fn parts(&self) -> (&PoolRef, Option<AccountPtr>) {
-        match self {
-            Owner::Tenant(tenant) => tenant.parts(),
-            Owner::Pool(pool) => pool.parts(),
-        }
-    }
+    /// The chain's first segment, whose pool handle and account the next segments are
+    /// charged through: its charge keeps the account alive as long as it lives (the ledger
+    /// invariant, `inner/account.rs`), as any buffer's does. It saves a collected chain the
+    /// clone of a `Tenant` handle (three reference counts, about 25 ns of a 64 KiB body:
+    /// `benches/chain.rs`). Only the collect loops make such a chain (`body.rs`,
+    /// [`PooledChain::lent`]): while it is empty they pass their own handles to every step,
+    /// and they never return it empty. A chain never gives its first segment back while it
+    /// lives: a failed step truncates to the segments it held before.
+    First,
 }
 
 impl Tenant {
@@ -169,7 +171,8 @@ impl Tenant {
     /// # Ok::<(), axon_buffer::PoolError>(())
     /// ```
     pub fn chain(&self) -> PooledChain {
-        PooledChain::new(Owner::Tenant(self.clone()))
+        let max_request = self.parts().0.config.max_request_bytes;
+        PooledChain::new(Owner::Tenant(self.clone()), max_request)
     }
 }
 
@@ -190,7 +193,8 @@ impl BufferPool {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn chain(&self) -> PooledChain {
-        PooledChain::new(Owner::Pool(self.clone()))
+        let max_request = self.parts().0.config.max_request_bytes;
+        PooledChain::new(Owner::Pool(self.clone()), max_request)
     }
 }
 
@@ -257,13 +261,36 @@ impl Plan {
 }
 
 impl PooledChain {
-    fn new(owner: Owner) -> PooledChain {
+    fn new(owner: Owner, max_request: usize) -> PooledChain {
         PooledChain {
             segments: Segments::default(),
             cursor: 0,
             len: 0,
             capacity: 0,
             owner,
+            max_request,
+        }
+    }
+
+    /// An empty chain to be owned by its first segment ([`Owner::First`]), for a collect
+    /// loop that holds a handle of `pool` throughout: until the chain holds a segment, every
+    /// step must come through [`try_reserve_as`](Self::try_reserve_as) or
+    /// [`reserve_wait_as`](Self::reserve_wait_as) with that handle's parts, and the loop
+    /// must not hand it out empty.
+    pub(crate) fn lent(pool: &PoolRef) -> PooledChain {
+        PooledChain::new(Owner::First, pool.config.max_request_bytes)
+    }
+
+    /// The pool and the account the next segments are charged through.
+    fn parts(&self) -> (&PoolRef, Option<AccountPtr>) {
+        match &self.owner {
+            Owner::Tenant(tenant) => tenant.parts(),
+            Owner::Pool(pool) => pool.parts(),
+            Owner::First => self
+                .segments
+                .get(0)
+                .expect("a chain owned by its first segment holds one")
+                .parts(),
         }
     }
 
@@ -296,12 +323,8 @@ impl PooledChain {
         match &self.owner {
             Owner::Tenant(tenant) => Some(tenant.id()),
             Owner::Pool(_) => None,
+            Owner::First => self.segments.get(0).and_then(PooledBuf::tenant),
         }
-    }
-
-    /// `max_request_bytes`, which bounds a chain's length as it bounds a buffer's.
-    fn max_request(&self) -> usize {
-        self.owner.parts().0.config.max_request_bytes
     }
 
     /// Whether `additional` more bytes fit in the segments the chain holds, within
@@ -310,17 +333,17 @@ impl PooledChain {
     pub(crate) fn fits(&self, additional: usize) -> bool {
         self.len
             .checked_add(additional)
-            .is_some_and(|total| total <= self.capacity && total <= self.max_request())
+            .is_some_and(|total| total <= self.capacity && total <= self.max_request)
     }
 
     /// What the chain must take to hold `additional` more bytes (`None`: it has room), and
     /// the length it asks for, or `TooLarge` past `max_request_bytes` or on overflow.
-    fn plan(&self, additional: usize) -> Result<Option<Plan>, PoolError> {
+    fn plan(&self, pool: &PoolRef, additional: usize) -> Result<Option<Plan>, PoolError> {
         if self.fits(additional) {
             return Ok(None);
         }
         let total = self.len.checked_add(additional);
-        let total = self.owner.parts().0.check_request(total)?;
+        let total = pool.check_request(total)?;
         // `check_request` passed, so `total` is within `max_request_bytes`: it does not
         // fit only because it passes the capacity.
         debug_assert!(total > self.capacity);
@@ -359,11 +382,26 @@ impl PooledChain {
     /// # Ok::<(), PoolError>(())
     /// ```
     pub fn try_reserve(&mut self, additional: usize) -> Result<(), PoolError> {
-        let Some(plan) = self.plan(additional)? else {
+        if self.fits(additional) {
+            return Ok(());
+        }
+        let (pool, tenant) = self.parts();
+        self.try_reserve_as(pool.clone(), tenant, additional)
+    }
+
+    /// [`try_reserve`](Self::try_reserve) through `pool` and `tenant`: the chain's own
+    /// [`parts`](Self::parts), or its lender's while a [`lent`](Self::lent) chain is empty.
+    pub(crate) fn try_reserve_as(
+        &mut self,
+        pool: PoolRef,
+        tenant: Option<AccountPtr>,
+        additional: usize,
+    ) -> Result<(), PoolError> {
+        let Some(plan) = self.plan(&pool, additional)? else {
             return Ok(());
         };
         let before = self.segments.len();
-        let taken = self.take_now(plan);
+        let taken = self.take_now(pool, tenant, plan);
         match taken {
             Ok(()) => {
                 self.capacity += plan.bytes() as usize;
@@ -378,10 +416,13 @@ impl PooledChain {
 
     /// Appends the segments of `plan`, all charged at once before any slab is taken; on
     /// error the caller drops what was appended.
-    fn take_now(&mut self, plan: Plan) -> Result<(), PoolError> {
+    fn take_now(
+        &mut self,
+        pool: PoolRef,
+        tenant: Option<AccountPtr>,
+        plan: Plan,
+    ) -> Result<(), PoolError> {
         let needed = self.capacity as u64 + plan.bytes();
-        let (pool, tenant) = self.owner.parts();
-        let pool = pool.clone();
         if plan.count() == 1 {
             // One segment, the common step of a growing chain: the buffer's fast path.
             let class = plan.classes().next().expect("one segment");
@@ -469,11 +510,24 @@ impl PooledChain {
     /// # }).unwrap();
     /// ```
     pub async fn reserve_wait(&mut self, additional: usize) -> Result<(), PoolError> {
-        let Some(plan) = self.plan(additional)? else {
+        if self.fits(additional) {
+            return Ok(());
+        }
+        let (pool, tenant) = self.parts();
+        self.reserve_wait_as(pool.clone(), tenant, additional).await
+    }
+
+    /// [`reserve_wait`](Self::reserve_wait) through `pool` and `tenant`, as
+    /// [`try_reserve_as`](Self::try_reserve_as).
+    pub(crate) async fn reserve_wait_as(
+        &mut self,
+        pool: PoolRef,
+        tenant: Option<AccountPtr>,
+        additional: usize,
+    ) -> Result<(), PoolError> {
+        let Some(plan) = self.plan(&pool, additional)? else {
             return Ok(());
         };
-        let (pool, tenant) = self.owner.parts();
-        let pool = pool.clone();
         if plan.count() == 1 {
             let class = plan.classes().next().expect("one segment");
             if let Some(slab) = pool.obtain_fast(tenant, class, class.capacity()) {
@@ -715,7 +769,7 @@ unsafe impl BufMut for PooledChain {
     /// `max_request_bytes - len()`: how far the chain may grow.
     #[inline]
     fn remaining_mut(&self) -> usize {
-        self.max_request().saturating_sub(self.len)
+        self.max_request.saturating_sub(self.len)
     }
 
     /// # Panics

@@ -159,6 +159,58 @@ fn charges_follow_the_payload() {
     assert_nothing_live(&pool.snapshot());
 }
 
+/// A collected chain outlives every handle of its tenant: with none left, and the tenant's
+/// account pressed for eviction by others registering past `max_tenants`, it still grows
+/// charged to that tenant (an empty one too), and every figure is exact when it drops.
+#[test]
+fn a_collected_chain_outlives_its_tenant_handle() {
+    let pool = BufferPool::builder()
+        .idle_decay_thread(false)
+        .idle_timeout(None)
+        .max_tenants(4)
+        .build();
+    let rt = current_thread();
+    let tenant = pool.tenant("acme");
+    let (mut chain, mut empty, mut chunk) = rt.block_on(async {
+        let chain = tenant.collect_body_chain(exact(&pattern(10 * KIB), 4 * KIB), MIB);
+        let empty = tenant.collect_body_chain_wait(Full::new(Bytes::new()), MIB);
+        let chunk = tenant.collect_body_chain_wait(chunked(&pattern(3000), 1000), MIB);
+        (
+            chain.await.unwrap(),
+            empty.await.unwrap(),
+            chunk.await.unwrap(),
+        )
+    });
+    drop(tenant);
+    for i in 0..16 {
+        drop(pool.tenant(&format!("other-{i}")));
+    }
+    chain.try_extend_from_slice(&pattern(100 * KIB)).unwrap();
+    empty.try_extend_from_slice(&pattern(3000)).unwrap();
+    rt.block_on(chunk.reserve_wait(200 * KIB)).unwrap();
+    let held = [&chain, &empty, &chunk].map(|c| (c.tenant(), c.capacity()));
+    assert_eq!(
+        held,
+        [
+            (Some("acme"), 128 * KIB),
+            (Some("acme"), 4 * KIB),
+            (Some("acme"), 4 * KIB + 256 * KIB)
+        ]
+    );
+    let snap = pool.snapshot();
+    assert_eq!(snap.tenant_live_bytes["acme"], (392 * KIB) as u64);
+    assert_eq!(snap.live_bytes, (392 * KIB) as u64);
+    let frozen = chain.freeze();
+    drop((empty, chunk));
+    assert_eq!(
+        pool.snapshot().tenant_live_bytes["acme"],
+        (128 * KIB) as u64
+    );
+    assert_eq!(frozen.to_bytes().len(), 110 * KIB);
+    drop(frozen);
+    assert_nothing_live(&pool.snapshot());
+}
+
 /// Past 10 MiB: 12 and 41 MiB bodies, with and without a length, never Oversize, every
 /// byte in order, the bound kept.
 #[test]
