@@ -161,7 +161,8 @@ fn charges_follow_the_payload() {
 
 /// A collected chain outlives every handle of its tenant: with none left, and the tenant's
 /// account pressed for eviction by others registering past `max_tenants`, it still grows
-/// charged to that tenant (an empty one too), and every figure is exact when it drops.
+/// charged to that tenant (an empty one too, and a step that waits for the tenant's
+/// limit), and every figure is exact when it drops.
 #[test]
 fn a_collected_chain_outlives_its_tenant_handle() {
     let pool = BufferPool::builder()
@@ -200,14 +201,26 @@ fn a_collected_chain_outlives_its_tenant_handle() {
     let snap = pool.snapshot();
     assert_eq!(snap.tenant_live_bytes["acme"], (392 * KIB) as u64);
     assert_eq!(snap.live_bytes, (392 * KIB) as u64);
+    // A step that waits, charged through the first segment: the tenant's limit is full
+    // until `chunk` drops.
+    let acme = pool.tenant("acme");
+    acme.set_hard_limit(Some((392 * KIB) as u64));
+    rt.block_on(async {
+        let release = async {
+            assert_eq!(pool.snapshot().waiters, 1); // the step waits
+            drop(chunk)
+        };
+        let (grown, ()) = tokio::join!(chain.reserve_wait(100 * KIB), release);
+        grown.unwrap();
+    });
+    assert_eq!(chain.capacity(), 256 * KIB);
+    assert_eq!(acme.live_bytes(), (260 * KIB) as u64);
     let frozen = chain.freeze();
-    drop((empty, chunk));
-    assert_eq!(
-        pool.snapshot().tenant_live_bytes["acme"],
-        (128 * KIB) as u64
-    );
+    drop(empty);
+    assert_eq!(acme.live_bytes(), (128 * KIB) as u64); // unwritten segments went back
     assert_eq!(frozen.to_bytes().len(), 110 * KIB);
     drop(frozen);
+    assert_eq!(acme.live_bytes(), 0);
     assert_nothing_live(&pool.snapshot());
 }
 
