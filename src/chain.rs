@@ -142,8 +142,9 @@ enum Owner {
     /// The chain's first segment, whose pool handle and account the next segments are
     /// charged through: its charge keeps the account alive as long as it lives (the ledger
     /// invariant, `inner/account.rs`), as any buffer's does. It saves a collected chain the
-    /// clone of a `Tenant` handle (three reference counts, about 25 ns of a 64 KiB body:
-    /// `benches/chain.rs`). Only the collect loops make such a chain (`body.rs`,
+    /// clone and drop of a `Tenant` handle (three reference counts, 21.5 ns alone; a 64 KiB
+    /// body with a length went from 1.04-1.06x `BytesMut`'s time to 0.97-1.01x,
+    /// `benches/README.md`). Only the collect loops make such a chain (`body.rs`,
     /// [`PooledChain::lent`]): while it is empty they pass their own handles to every step,
     /// and they never return it empty. A chain never gives its first segment back while it
     /// lives: a failed step truncates to the segments it held before.
