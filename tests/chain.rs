@@ -528,3 +528,40 @@ fn a_chain_past_max_request_bytes_is_too_large() {
     assert_eq!(empty.capacity(), 0);
     assert_nothing_live(&pool.snapshot());
 }
+
+/// A chain gives its segments back last to first, so the next chain of a thread takes the
+/// same slabs in the same order (the free lists are LIFO): a payload written after another
+/// runs through memory in the same direction, which the prefetchers follow across the
+/// segments (`benches/README.md`: a chunked 12 MiB body, 192 Medium segments, took
+/// 1.04-1.07x `BytesMut`'s time this way against 1.09-1.10x in the order given).
+/// Whether the chain drops as it is or frozen.
+#[test]
+fn the_next_chain_takes_the_same_slabs_in_the_same_order() {
+    let pool = pool();
+    let t = pool.tenant("t");
+    let payload = pattern(4 * 64 * KIB); // four Medium segments
+    let addresses = |chain: &BytesChain| -> Vec<usize> {
+        chain
+            .iter()
+            .map(|segment| segment.as_ptr() as usize)
+            .collect()
+    };
+    let filled = || {
+        let mut chain = t.chain();
+        chain.try_extend_from_slice(&payload).unwrap();
+        chain
+    };
+    let first = filled().freeze();
+    let order = addresses(&first);
+    assert_eq!(order.len(), 4);
+    drop(first); // frozen
+    let second = filled().freeze();
+    assert_eq!(addresses(&second), order);
+    drop(second);
+    drop(filled()); // as it is
+    let fourth = filled().freeze();
+    assert_eq!(addresses(&fourth), order);
+    assert_eq!(contents(&fourth), payload);
+    drop(fourth);
+    assert_nothing_live(&pool.snapshot());
+}

@@ -223,3 +223,13 @@ impl<'a> IntoIterator for &'a BytesChain {
         self.segments[self.head..].iter()
     }
 }
+
+/// The segments go back last to first, as a [`PooledChain`](crate::PooledChain)'s do (`Segments`'s drop in
+/// `chain.rs` says why).
+impl Drop for BytesChain {
+    fn drop(&mut self) {
+        while let Some(segment) = self.segments.pop() {
+            drop(segment);
+        }
+    }
+}
