@@ -728,12 +728,11 @@ impl Segments {
 }
 
 /// Segments go back last to first, so that the free lists (LIFO) hand the next chain of
-/// the thread the same slabs in the same order: its payload then runs through memory in
-/// one direction, as a contiguous buffer's does, and the prefetchers follow it from one
-/// segment into the next where the slabs lie side by side. Measured with `cargo bench
+/// the thread the same slabs in the same order it wrote them. Measured with `cargo bench
 /// --bench chain -- 31` (`benches/README.md`): a chunked 12 MiB body (192 Medium
-/// segments) took 1.04-1.07x `BytesMut`'s time, against 1.09-1.10x returned first to last
-/// (the next chain then took them mostly in descending order).
+/// segments) took 1.04-1.07x `BytesMut`'s time this way, against 1.09-1.10x returned
+/// first to last (the next chain then took them mostly in descending order). Why is not
+/// settled: a plain copy into 192 slabs of 64 KiB took the same time in either order.
 impl Drop for Segments {
     fn drop(&mut self) {
         while let Some(segment) = self.rest.pop() {
