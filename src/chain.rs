@@ -727,8 +727,12 @@ impl Segments {
     }
 }
 
-/// Segments go back last to first, so that the free lists (LIFO) hand the next chain of
-/// the thread the same slabs in the same order it wrote them. Measured with `cargo bench
+/// The segments a chain holds when it drops go back last to first, so that the free lists
+/// (LIFO) hand the next chain of the thread the same slabs, mostly in the order it wrote
+/// them (a full magazine spills pairs of slabs to the shared list, which swaps a few). A
+/// frozen chain's segments go back the same way when it drops, but those read past go
+/// back as they are read ([`BytesChain`]'s `advance`, as `write_all_buf` does), first to
+/// last, and so do the unwritten ones `freeze` drops. Measured with `cargo bench
 /// --bench chain -- 31` (`benches/README.md`): a chunked 12 MiB body (192 Medium
 /// segments) took 1.04-1.07x `BytesMut`'s time this way, against 1.09-1.10x returned
 /// first to last (the next chain then took them mostly in descending order). Why is not

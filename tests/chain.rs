@@ -529,11 +529,11 @@ fn a_chain_past_max_request_bytes_is_too_large() {
     assert_nothing_live(&pool.snapshot());
 }
 
-/// A chain gives its segments back last to first, so the next chain of a thread takes the
-/// same slabs in the same order (the free lists are LIFO): `benches/README.md` measured a
-/// chunked 12 MiB body (192 Medium segments) at 1.04-1.07x `BytesMut`'s time this way,
-/// against 1.09-1.10x when they went back first to last.
-/// Whether the chain drops as it is or frozen.
+/// A chain, or a frozen one dropped unread, gives its segments back last to first, so the
+/// next chain of a thread takes the same slabs in the same order (the free lists are
+/// LIFO): `benches/README.md` measured a chunked 12 MiB body (192 Medium segments) at
+/// 1.04-1.07x `BytesMut`'s time this way, against 1.09-1.10x when they went back first to
+/// last. Whether the chain drops as it is or frozen.
 #[test]
 fn the_next_chain_takes_the_same_slabs_in_the_same_order() {
     let pool = pool();

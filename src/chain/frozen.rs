@@ -224,8 +224,9 @@ impl<'a> IntoIterator for &'a BytesChain {
     }
 }
 
-/// The segments go back last to first, as a [`PooledChain`](crate::PooledChain)'s do (`Segments`'s drop in
-/// `chain.rs` says why).
+/// The segments not yet read past go back last to first, as a
+/// [`PooledChain`](crate::PooledChain)'s do (`Segments`'s drop in `chain.rs` says why);
+/// [`advance`](Buf::advance) gives back each one it reads past at once.
 impl Drop for BytesChain {
     fn drop(&mut self) {
         while let Some(segment) = self.segments.pop() {
