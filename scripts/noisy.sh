@@ -39,6 +39,11 @@
 # the client then sets the flood's pace, so every mode faces the same flood instead of the
 # faster server drawing a heavier one onto the shared cores.
 #
+# NOISY_FLOOD_NICE (unset by default) runs the flood's wrk at that nice level (1..19), a
+# diagnostic: on 2 cores the flood's client, sending as fast as it is answered, takes CPU
+# from the quiet tenant's client, and more of it from a server that answers the flood
+# faster; niced, it yields the cores to the quiet client and to the server first.
+#
 # NOISY_MAX_IDLE_BYTES (bytes, or with a suffix KiB, MiB or GiB; unset: the crate's default,
 # 256 MiB) sets the pool's `max_idle_bytes` (`--max-idle-bytes`) in every mode but before;
 # issue 17's scenario sets it to a quarter of the budget, 24MiB. The summary then reports
@@ -76,6 +81,11 @@ guarantee=${NOISY_GUARANTEE:-4MiB}
 before_bin=${NOISY_BEFORE_BIN:-}
 max_idle=${NOISY_MAX_IDLE_BYTES:-}
 flood_delay=${NOISY_FLOOD_DELAY_MS:-}
+flood_nice=${NOISY_FLOOD_NICE:-0}
+if ! [[ $flood_nice =~ ^([0-9]|1[0-9])$ ]]; then
+    echo "noisy: NOISY_FLOOD_NICE is a nice level from 0 to 19, not $flood_nice" >&2
+    exit 2
+fi
 if [[ -n $flood_delay && ! $flood_delay =~ ^[0-9]+$ ]]; then
     echo "noisy: NOISY_FLOOD_DELAY_MS is a whole number of milliseconds, not $flood_delay" >&2
     exit 2
@@ -213,6 +223,7 @@ run_one() { # run_one MODE ROUND
     local scrapes=$work/$mode-$round.scrapes
     : >"$scrapes"
     NOISY_LUA_FLOOD_DELAY_MS=$flood_delay \
+        nice -n "$flood_nice" \
         wrk -t2 -c32 -d"$((seconds + 2))s" --timeout 15s -s scripts/noisy.lua "$addr" -- flood 8 \
         >"$flood_log" 2>&1 &
     local flood=$!
@@ -274,7 +285,7 @@ run_one() { # run_one MODE ROUND
     echo "noisy: $mode round $round: quiet $(field requests "$a") alone, $(field requests "$b") beside $(field requests "$f") flood requests, server $verdict"
 }
 
-echo "noisy: $rounds round(s) of ${seconds} s per phase; modes: ${modes[*]}; budget $budget_flag, hard limits $hard_limit_flag${flood_delay:+; each flooding connection waits $flood_delay ms before each upload}"
+echo "noisy: $rounds round(s) of ${seconds} s per phase; modes: ${modes[*]}; budget $budget_flag, hard limits $hard_limit_flag${flood_delay:+; each flooding connection waits $flood_delay ms before each upload}$( ((flood_nice > 0)) && echo "; the flood's wrk at nice $flood_nice")"
 for round in $(seq "$rounds"); do
     for i in "${!modes[@]}"; do
         run_one "${modes[$(((i + round - 1) % ${#modes[@]}))]}" "$round"
